@@ -35,6 +35,7 @@ class Example:
     category: str = ""
     source: str = ""
     uid: str = ""
+    complete: bool = True  # False for a response cut at a token limit: no EOS is trained after it
 
 
 HARMFUL_SPLIT_SIZES = {"eval": 100, "align": 96, "curvature": 32, "forget": 64, "recovery": 64}

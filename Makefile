@@ -1,0 +1,32 @@
+# Two commands for a newcomer: `make run` (install, build the demo world, start the dashboard)
+# and `make test` (install, build the demo world, run the tests).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install world run test bench clean-world
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-assets.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements-assets.txt
+	touch $(STAMP)
+
+world: install
+	$(BIN)/python -m core world
+
+run: world
+	$(BIN)/streamlit run app.py --server.address 127.0.0.1 --server.port 8501 --server.headless true --browser.gatherUsageStats false
+
+test: world
+	$(BIN)/python -m pytest -q tests
+
+bench: world
+	$(BIN)/python bench/generation_throughput.py
+
+clean-world:
+	rm -rf cache/worlds

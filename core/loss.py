@@ -1,0 +1,62 @@
+"""The one seam between models and data: tokenised (prompt, response) batches and per-example
+cross-entropy.
+
+By default the loss counts the response tokens when an example has a response, and the whole
+chat-formatted text (prompt tokens) otherwise (``tokens="auto"``); ``tokens="all"`` always
+counts every token after the first. Every analysis and training loop goes through here.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from core.data import Example
+from core.generation import chat_prompt
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    max_length: int = 256,
+    tokens: str = "auto",
+) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids, attention_mask and labels (-100 where the loss does not count)."""
+    rows, labels = [], []
+    for ex in examples:
+        prompt_ids = tokenizer(chat_prompt(tokenizer, ex.prompt), add_special_tokens=False).input_ids
+        if ex.response is None:
+            ids = prompt_ids
+            lab = list(ids)
+        else:
+            resp = ex.response + (tokenizer.eos_token if ex.complete else "")
+            resp_ids = tokenizer(resp, add_special_tokens=False).input_ids
+            ids = prompt_ids + resp_ids
+            lab = list(ids) if tokens == "all" else [-100] * len(prompt_ids) + resp_ids
+        rows.append(ids[:max_length])
+        labels.append(lab[:max_length])
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    label_t = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (r, lab) in enumerate(zip(rows, labels)):
+        input_ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+        label_t[i, : len(lab)] = torch.tensor(lab)
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": label_t}
+
+
+def per_example_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean token cross-entropy per example over its counted (label != -100) tokens."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    shift_logits = logits[:, :-1].float()
+    shift_labels = batch["labels"][:, 1:]
+    tok = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100, reduction="none")
+    tok = tok.view(shift_labels.shape)
+    counted = (shift_labels != -100).float()
+    return (tok * counted).sum(1) / counted.sum(1).clamp(min=1)
