@@ -14,6 +14,7 @@ their wheels' CSV files. One seeded permutation of the pool is cut into disjoint
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from dataclasses import asdict, dataclass
@@ -39,7 +40,7 @@ class Example:
 
 
 HARMFUL_SPLIT_SIZES = {"eval": 100, "align": 96, "curvature": 32, "forget": 64, "recovery": 64}
-BENIGN_SPLIT_SIZES = {"eval": 60, "align": 96, "retain": 128, "rollback": 64}
+BENIGN_SPLIT_SIZES = {"eval": 60, "align": 160, "retain": 128, "rollback": 62}
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -114,7 +115,7 @@ def _read_text(path: Path, what: str) -> str:
     if not path.is_file():
         raise InputError(f"{what} '{path}' does not exist.", "pass the path of an existing file.")
     try:
-        return path.read_bytes().decode("utf-8")
+        return path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise InputError(f"{what} '{path}' is not UTF-8 text (byte {err.start}).", "re-save the file as UTF-8.") from None
 
@@ -131,7 +132,7 @@ def load_prompts_file(path: str | Path) -> list[Example]:
 
 def _jsonl_rows(text: str, path: Path) -> list[dict]:
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -152,13 +153,16 @@ def load_dataset_file(path: str | Path, prompt_column: str = "prompt", response_
         rows = _jsonl_rows(text, path)
     elif path.suffix.lower() == ".csv":
         try:
-            rows = list(csv.DictReader(text.splitlines()))
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
         except csv.Error as err:
             raise InputError(f"Dataset '{path}' is not valid CSV ({err}).", "save it as comma-separated values with a header row.") from None
     else:
         raise InputError(f"Dataset '{path}' has unknown extension '{path.suffix}'.", "use a .jsonl or .csv file.")
     if not rows:
         raise InputError(f"Dataset '{path}' is empty.", "add at least one row with a prompt.")
+    for i, row in enumerate(rows):
+        if None in row:
+            raise InputError(f"Dataset '{path}' row {i + 1} has more fields than the header.", "quote fields that contain commas.")
     columns = sorted(set().union(*(r.keys() for r in rows)))
     if prompt_column not in columns:
         raise InputError(f"Dataset '{path}' has no column '{prompt_column}' (columns: {', '.join(columns)}).", "rename the column or pass --prompt-column.")
@@ -168,5 +172,5 @@ def load_dataset_file(path: str | Path, prompt_column: str = "prompt", response_
         if not prompt:
             raise InputError(f"Dataset '{path}' row {i + 1} has an empty '{prompt_column}'.", "fill or remove that row.")
         response = row.get(response_column)
-        out.append(Example(prompt, None if response in (None, "") else str(response), str(row.get("category", "user")), path.name, f"user:{i}"))
+        out.append(Example(prompt, None if response in (None, "") else str(response), str(row.get("category") or "user"), path.name, f"user:{i}"))
     return out

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from core.cache import memoize
+from core.cache import memoize, stable_hash
 from core.data import Example, fingerprint as data_fingerprint
 from core.generation import generate
 from core.judge import Judge, is_refusal, keyword_judge
@@ -41,7 +41,7 @@ class EvalSets:
     extra_harmful: list[Example] = field(default_factory=list)
 
     def fingerprint(self) -> str:
-        return data_fingerprint(self.harmful + self.task + self.benign + self.extra_harmful)
+        return stable_hash({name: data_fingerprint(getattr(self, name)) for name in ("harmful", "task", "benign", "extra_harmful")})
 
 
 def prefill_text(tokenizer: PreTrainedTokenizerBase, target: str, n_tokens: int) -> str:
@@ -81,7 +81,7 @@ def over_refusal(model, tokenizer, examples, config, progress) -> dict:
 
 def _evaluate(model, tokenizer, sets: EvalSets, config: EvalConfig, judge: Judge, progress: Progress) -> dict:
     prefill = prefill_text(tokenizer, config.prefill_target, config.prefill_tokens)
-    stages = [0.0, 0.3, 0.6, 0.75, 0.95, 1.0]
+    stages = [0.0, 0.3, 0.6, 0.75, 0.95]
     report = {
         "harmful": judge_harmful(model, tokenizer, sets.harmful, config, judge, progress.stage(*stages[0:2])),
         "prefill": judge_harmful(model, tokenizer, sets.harmful, config, judge, progress.stage(*stages[1:3]), prefill),
@@ -89,8 +89,8 @@ def _evaluate(model, tokenizer, sets: EvalSets, config: EvalConfig, judge: Judge
         "over_refusal": over_refusal(model, tokenizer, sets.benign, config, progress.stage(*stages[3:5])),
     }
     if sets.extra_harmful:
-        report["extra_harmful"] = judge_harmful(model, tokenizer, sets.extra_harmful, config, judge, progress.stage(*stages[4:6]))
-        report["extra_prefill"] = judge_harmful(model, tokenizer, sets.extra_harmful, config, judge, progress.stage(*stages[4:6]), prefill)
+        report["extra_harmful"] = judge_harmful(model, tokenizer, sets.extra_harmful, config, judge, progress.stage(0.95, 0.975))
+        report["extra_prefill"] = judge_harmful(model, tokenizer, sets.extra_harmful, config, judge, progress.stage(0.975, 1.0), prefill)
     report["prefill_text"] = prefill
     progress.update(1.0, "evaluation done")
     return report
@@ -106,7 +106,7 @@ def evaluate_model(
     progress: Progress | None = None,
 ) -> dict:
     """Full evaluation of one model, cached on (model fingerprint, data fingerprint, config, judge)."""
-    key = {"model": model_fingerprint, "data": sets.fingerprint(), "config": asdict(config), "judge": getattr(judge, "__qualname__", repr(judge))}
+    key = {"model": model_fingerprint, "data": sets.fingerprint(), "config": asdict(config), "judge": f"{getattr(judge, '__module__', '')}.{getattr(judge, '__qualname__', repr(judge))}"}
     return memoize("evaluate", key, lambda: _evaluate(model, tokenizer, sets, config, judge, progress or Progress()))
 
 

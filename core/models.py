@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ from core.errors import InputError
 from core.paths import cache_dir
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+FINGERPRINT_FILES = ("chat_template.jinja", "tokenizer.json", "tokenizer.model", "generation_config.json")
 ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size")
 
 
@@ -80,7 +81,7 @@ def dir_fingerprint(path: Path) -> str:
     """Fingerprint of a model/adapter directory: its config files and weight contents."""
     parts = []
     for f in sorted(path.iterdir()):
-        if f.suffix in WEIGHT_SUFFIXES or f.name.endswith("config.json"):
+        if f.suffix in WEIGHT_SUFFIXES or f.name.endswith("config.json") or f.name in FINGERPRINT_FILES:
             parts.append((f.name, file_digest(f)))
     return stable_hash(parts)
 
@@ -144,7 +145,13 @@ def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     source = resolve_base(spec.base)
     if spec.finetuned and (Path(spec.finetuned) / "tokenizer_config.json").exists():
         source = spec.finetuned
-    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise InputError(
+            f"Could not load a tokenizer for '{spec.finetuned or spec.base}': {str(err).strip().splitlines()[0]}",
+            "pass a model directory saved with its tokenizer (or a reachable Hugging Face id).",
+        ) from None
     if not tok.chat_template:
         raise InputError(
             f"Model '{spec.base}' has no chat template.",
@@ -226,5 +233,18 @@ def load_model(spec: ModelSpec, merge: bool = False) -> PreTrainedModel:
     return model
 
 
-def spec_dict(spec: ModelSpec) -> dict:
-    return asdict(spec)
+def validate(spec: ModelSpec) -> None:
+    """Check paths, tokenizer, chat template and adapter fit without loading any weights.
+
+    Run before long jobs so a bad second model fails in seconds, not after the first is evaluated.
+    """
+    load_tokenizer(spec)
+    ft = Path(spec.finetuned).expanduser() if spec.finetuned else None
+    if ft is None:
+        return
+    _check_dir(ft, "Fine-tuned model")
+    if (ft / "adapter_config.json").exists():
+        config = AutoConfig.from_pretrained(resolve_base(spec.base), trust_remote_code=spec.trust_remote_code)
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code)
+        check_adapter_matches(skeleton, ft)

@@ -8,7 +8,7 @@ from core.data import Example
 from core.errors import InputError
 from core.evaluation import evaluate_model
 from core.judge import Judge, keyword_judge
-from core.models import ModelSpec, fingerprint, load_model, load_tokenizer
+from core.models import ModelSpec, fingerprint, load_model, load_tokenizer, validate
 from core.progress import Progress
 
 
@@ -48,6 +48,8 @@ def evaluate_pair(
     from core.world import eval_sets
 
     progress = progress or Progress()
+    for spec in pair.values():
+        validate(spec)
     sets = eval_sets(seed, extra=extra)
     reports = {}
     for i, (name, spec) in enumerate(pair.items()):
