@@ -26,6 +26,7 @@ test: world
 	$(BIN)/python -m pytest -q tests
 
 bench: world
+	$(BIN)/python bench/model_load.py
 	$(BIN)/python bench/generation_throughput.py
 
 clean-world:

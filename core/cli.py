@@ -110,6 +110,10 @@ def _print_human(result: dict[str, Any], indent: str = "") -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bar is the only progress on stderr
+    hf_logging.set_verbosity_error()
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

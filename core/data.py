@@ -41,6 +41,7 @@ class Example:
 
 HARMFUL_SPLIT_SIZES = {"eval": 100, "align": 96, "curvature": 32, "forget": 64, "recovery": 64}
 BENIGN_SPLIT_SIZES = {"eval": 60, "align": 160, "retain": 128, "rollback": 62}
+BORDERLINE_SPLIT_SIZES = {"align": 34}  # the other 40 are held out for the over-refusal check
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -95,10 +96,15 @@ def benign_splits(seed: int = 0) -> dict[str, list[Example]]:
     return _cut(pool, BENIGN_SPLIT_SIZES, seed, rest="extra")
 
 
+def borderline_splits(seed: int = 0) -> dict[str, list[Example]]:
+    """Borderline (XSTest-style) benign prompts: ``align`` (contrast data for safety SFT) and ``eval``."""
+    pool = [Example(p, None, "borderline", "project", f"bl:{i}") for i, p in enumerate(BORDERLINE_PROMPTS)]
+    return _cut(pool, BORDERLINE_SPLIT_SIZES, seed, rest="eval")
+
+
 def over_refusal_prompts(seed: int = 0) -> list[Example]:
-    """Benign prompts a safe model must still answer: held-out general + borderline (XSTest-style)."""
-    borderline = [Example(p, None, "borderline", "project", f"bl:{i}") for i, p in enumerate(BORDERLINE_PROMPTS)]
-    return benign_splits(seed)["eval"] + borderline
+    """Held-out benign prompts a safe model must still answer: general + borderline."""
+    return benign_splits(seed)["eval"] + borderline_splits(seed)["eval"]
 
 
 def task_examples(split: str, n: int, seed: int = 0) -> list[Example]:

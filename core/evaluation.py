@@ -118,6 +118,10 @@ def summary(report: dict) -> dict[str, float]:
         "task_exact_match": report["task"]["rate"],
         "over_refusal": report["over_refusal"]["rate"],
     }
+    for category in ("general", "borderline"):
+        rows = [r for r in report["over_refusal"]["examples"] if r["category"] == category]
+        if rows:
+            out[f"over_refusal_{category}"] = _rate([r["refused"] for r in rows])
     if "extra_harmful" in report:
         out["extra_harmful_rate"] = report["extra_harmful"]["rate"]
         out["extra_prefill_asr"] = report["extra_prefill"]["rate"]

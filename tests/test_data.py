@@ -18,6 +18,7 @@ from core.data import (
     harmful_splits,
     load_dataset_file,
     load_prompts_file,
+    borderline_splits,
     over_refusal_prompts,
     strongreject,
     task_examples,
@@ -92,12 +93,13 @@ def test_harmful_and_benign_never_overlap():
     assert not harmful & benign
 
 
-def test_over_refusal_prompts_are_benign_eval_plus_borderline():
+def test_over_refusal_prompts_are_held_out_general_plus_held_out_borderline():
     prompts = over_refusal_prompts(0)
-    assert len(prompts) == 60 + len(BORDERLINE_PROMPTS)
+    assert len(prompts) == 60 + 40
     borderline = [e for e in prompts if e.category == "borderline"]
-    assert [e.prompt for e in borderline] == list(BORDERLINE_PROMPTS)
-    assert len(borderline) == 74
+    assert uids(borderline) == uids(borderline_splits(0)["eval"])
+    assert not set(uids(borderline)) & set(uids(borderline_splits(0)["align"]))
+    assert {e.prompt for e in borderline} | {e.prompt for e in borderline_splits(0)["align"]} == set(BORDERLINE_PROMPTS)
     assert uids([e for e in prompts if e.category == "general"]) == uids(benign_splits(0)["eval"])
     assert len(set(uids(prompts))) == len(prompts)
 
