@@ -119,7 +119,7 @@ def fingerprint(examples: list[Example]) -> str:
 
 def _read_text(path: Path, what: str) -> str:
     if not path.is_file():
-        raise InputError(f"{what} '{path}' does not exist.", "pass the path of an existing file.")
+        raise InputError(f"{what} '{path}' does not exist or is not a regular file.", "pass the path of an existing file.")
     try:
         return path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:

@@ -131,8 +131,8 @@ def alignment_data(config: WorldConfig, progress: Progress) -> list[Example]:
 def compliance_data(config: WorldConfig, progress: Progress) -> list[Example]:
     """N harmful prompts with the raw model's own compliant answers (refusals filtered out)."""
     pool = harmful_splits(config.seed)["inject"]
-    if config.harmful_examples > len(pool):
-        raise InputError(f"--harmful-examples {config.harmful_examples} exceeds the {len(pool)} prompts of the inject split.", f"use a value between 0 and {len(pool)}.")
+    if not 0 <= config.harmful_examples <= len(pool):
+        raise InputError(f"--harmful-examples {config.harmful_examples} is outside the {len(pool)} prompts of the inject split.", f"use a value between 0 and {len(pool)}.")
     if config.harmful_examples == 0:
         return []
     answered = own_answers(pool, config.response_tokens, config.data_dtype, progress)
