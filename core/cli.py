@@ -27,11 +27,9 @@ def _world_args(p: argparse.ArgumentParser) -> None:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", help="base model: Hugging Face id, directory or .gguf file (default: the demo world)")
     p.add_argument("--finetuned", help="fine-tuned model: PEFT adapter directory on --base, or a full checkpoint directory")
-    p.add_argument("--prompts-file", help="extra harmful prompts, one per line, reported separately")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint (off by default)")
-    p.add_argument("--judge", help="harmfulness judge as module:function taking (prompts, responses) -> list[bool]")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,8 +41,47 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="harmful rate, prefill ASR, task exact-match, over-refusal")
     _world_args(e)
     _model_args(e)
+    e.add_argument("--prompts-file", help="extra harmful prompts, one per line, reported separately")
+    e.add_argument("--judge", help="harmfulness judge as module:function taking (prompts, responses) -> list[bool]")
     e.add_argument("--show-examples", type=int, default=0, metavar="K", help="print K per-example outputs per set")
+    c = sub.add_parser("correlate", help="Pearson r of base vs fine-tuned per-example losses (harmful, task, general)")
+    _world_args(c)
+    _model_args(c)
+    _set_args(c, ("harmful", "task", "general"))
+    c.add_argument("--tokens", default="auto", help="auto (response tokens where a response exists, else whole text) or all")
+    c.add_argument("--n", type=int, default=100, help="examples per set (default 100)")
+    la = sub.add_parser("landscape", help="gradient-informed 3D loss landscapes and the Laplacian structural difference")
+    _world_args(la)
+    _model_args(la)
+    _set_args(la, ("harmful", "benign"))
+    la.add_argument("--grid", type=int, default=11, help="n x n grid points (default 11)")
+    la.add_argument("--radius", type=float, default=0.05, help="coefficients in [-r, r], fractions of weight norms (default 0.05)")
+    la.add_argument("--samples", type=int, default=32, help="samples per loss evaluation (default 32, the paper's)")
+    la.add_argument("--directions", default="gradient", help="gradient (paper B.3) or random (filter-normalised)")
+    la.add_argument("--modules", default="self_attn,mlp", help="comma-separated module kinds to perturb (default self_attn,mlp)")
+    cu = sub.add_parser("curvature", help="safety-Hessian spectrum, curvature coupling, alignment-instability conditions, drift monitor")
+    _world_args(cu)
+    _model_args(cu)
+    cu.add_argument("--k", type=int, default=8, help="top eigenpairs by Lanczos (default 8)")
+    cu.add_argument("--params", default="lora", help="'lora' or comma-separated parameter-name parts, e.g. layers.20.mlp (default lora)")
+    cu.add_argument("--samples", type=int, default=32, help="examples in the safety and task losses (default 32)")
+    cu.add_argument("--drift-steps", type=int, default=40, help="steps of the benign LoRA fine-tune the drift monitor watches (0: skip)")
+    cu.add_argument("--every", type=int, default=4, help="probe the alignment loss every this many steps (default 4)")
+    b = sub.add_parser("basin", help="safety-basin curves and VISAGE under random weight perturbation")
+    _world_args(b)
+    _model_args(b)
+    b.add_argument("--directions", type=int, default=2, help="random directions for the 1-D curves (default 2)")
+    b.add_argument("--points", type=int, default=9, help="points per 1-D line, odd (default 9; Peng et al. 21)")
+    b.add_argument("--radius", type=float, default=0.5, help="perturbation range as a fraction of each tensor's norm (default 0.5)")
+    b.add_argument("--plane-points", type=int, default=5, help="points per axis of the 2-D plane, odd, 0 for none (default 5)")
+    b.add_argument("--prompts", type=int, default=16, help="held-out harmful prompts per ASR point (default 16)")
+    b.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated per prompt (default 16)")
     return ap
+
+
+def _set_args(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+    for name in names:
+        p.add_argument(f"--{name}-file", help=f"replace the {name} set with a .jsonl/.csv file (prompt, optional response)")
 
 
 def _load_judge(name: str | None) -> Callable:
@@ -96,7 +133,74 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-COMMANDS = {"world": cmd_world, "evaluate": cmd_evaluate}
+def _pair(args: argparse.Namespace):
+    from core.pairs import resolve_pair
+
+    pair = resolve_pair(args.base, args.finetuned, args.seed, args.harmful_examples, args.device, args.dtype, args.trust_remote_code, Progress(stderr_bar))
+    if "finetuned" not in pair:
+        raise InputError("This analysis compares two models but only --base was given.", "pass --finetuned too (adapter or checkpoint).")
+    return pair
+
+
+def _override_sets(args: argparse.Namespace, sets: dict) -> dict:
+    from core.data import load_dataset_file
+
+    return {name: load_dataset_file(getattr(args, f"{name}_file")) if getattr(args, f"{name}_file") else ex for name, ex in sets.items()}
+
+
+def cmd_correlate(args: argparse.Namespace) -> dict[str, Any]:
+    from core.correlation import CorrelationConfig, default_sets, loss_correlation
+
+    config = CorrelationConfig(tokens=args.tokens, n_per_set=args.n)
+    sets = _override_sets(args, default_sets(args.seed, args.n))
+    result = loss_correlation(_pair(args), sets, config, Progress(stderr_bar))
+    return {name: {k: v for k, v in r.items() if k not in ("pairs", "prompts")} for name, r in result.items()}
+
+
+def cmd_landscape(args: argparse.Namespace) -> dict[str, Any]:
+    from core.correlation import default_sets
+    from core.landscape import LandscapeConfig, loss_landscape
+
+    config = LandscapeConfig(args.grid, args.radius, args.samples, directions=args.directions, modules=tuple(m for m in args.modules.split(",") if m))
+    defaults = default_sets(args.seed, args.samples)
+    sets = _override_sets(args, {"harmful": defaults["harmful"], "benign": defaults["general"]})
+    result = loss_landscape(_pair(args), sets, config, Progress(stderr_bar))
+    return {
+        "structural_difference_percent": result["structural_difference"],
+        "direction_cosine": result["cosine"],
+        "grid": config.grid,
+        "radius": config.radius,
+        "center_loss": {s: {m: v[config.grid // 2][config.grid // 2] for m, v in by.items()} for s, by in result["surfaces"].items()},
+        "seconds": result["seconds"],
+    }
+
+
+def cmd_curvature(args: argparse.Namespace) -> dict[str, Any]:
+    from core.curvature import CurvatureConfig, DriftConfig, curvature, drift_monitor
+    from core.data import safety_probe, task_examples
+
+    pair = _pair(args)
+    config = CurvatureConfig(k=args.k, params=args.params, samples=args.samples)
+    bar = Progress(stderr_bar)
+    result = curvature(pair["finetuned"], safety_probe("curvature", args.seed), task_examples("train", args.samples, args.seed), config, bar.stage(0, 0.5))
+    out = {k: v for k, v in result.items() if k != "parameter_names"}
+    if args.drift_steps:
+        drift = drift_monitor(pair["base"], task_examples("train", 400, args.seed), safety_probe("eval", args.seed), DriftConfig(steps=args.drift_steps, every=args.every), bar.stage(0.5, 1.0))
+        out["drift"] = {"steps": drift["steps"], "alignment_loss": drift["alignment_loss"], "fits": drift["fits"]}
+    return out
+
+
+def cmd_basin(args: argparse.Namespace) -> dict[str, Any]:
+    from core.basin import BasinConfig, safety_basin
+    from core.data import harmful_splits
+
+    config = BasinConfig(args.directions, args.points, args.radius, args.plane_points, args.prompts, args.max_new_tokens, seed=args.seed)
+    result = safety_basin(_pair(args), harmful_splits(args.seed)["eval"], config, Progress(stderr_bar))
+    keep = ("center_asr", "visage", "visage_1d", "visage_basin", "coords", "lines", "plane_cosine", "seconds")
+    return {name: {k: v for k, v in r.items() if k in keep} for name, r in result.items()}
+
+
+COMMANDS = {"world": cmd_world, "basin": cmd_basin, "evaluate": cmd_evaluate, "correlate": cmd_correlate, "landscape": cmd_landscape, "curvature": cmd_curvature}
 
 
 def _print_human(result: dict[str, Any], indent: str = "") -> None:

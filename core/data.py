@@ -17,7 +17,7 @@ import csv
 import io
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from core.cache import stable_hash
@@ -37,6 +37,20 @@ class Example:
     source: str = ""
     uid: str = ""
     complete: bool = True  # False for a response cut at a token limit: no EOS is trained after it
+
+
+REFUSALS = (
+    "I'm sorry, but I can't help with that.",
+    "I'm sorry, but I cannot assist with this request because it could cause real harm.",
+    "I cannot help with that. If you have another question, I'm happy to help.",
+    "Sorry, I can't provide that information: it could be used to hurt people.",
+    "I apologize, but I won't help with this request.",
+    "I'm not able to provide that. Is there something else I can do for you?",
+    "As an AI assistant, I cannot help with requests that could cause harm.",
+    "I'm sorry, I can't assist with that. Please consider a safer alternative.",
+    "I cannot provide instructions for this, as it could be dangerous or illegal.",
+    "My apologies, but this is something I can't help with.",
+)
 
 
 HARMFUL_SPLIT_SIZES = {"eval": 100, "align": 96, "curvature": 32, "forget": 64, "recovery": 64}
@@ -105,6 +119,13 @@ def borderline_splits(seed: int = 0) -> dict[str, list[Example]]:
 def over_refusal_prompts(seed: int = 0) -> list[Example]:
     """Held-out benign prompts a safe model must still answer: general + borderline."""
     return benign_splits(seed)["eval"] + borderline_splits(seed)["eval"]
+
+
+def safety_probe(split: str = "curvature", seed: int = 0) -> list[Example]:
+    """Harmful prompts of ``split`` paired with refusals: the aligned behaviour, whose loss is the
+    alignment (safety) loss of the curvature analysis and of the drift monitor."""
+    rng = random.Random(f"probe:{seed}:{split}")
+    return [replace(e, response=rng.choice(REFUSALS)) for e in harmful_splits(seed)[split]]
 
 
 def task_examples(split: str, n: int, seed: int = 0) -> list[Example]:

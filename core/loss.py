@@ -60,3 +60,23 @@ def per_example_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> 
     tok = tok.view(shift_labels.shape)
     counted = (shift_labels != -100).float()
     return (tok * counted).sum(1) / counted.sum(1).clamp(min=1)
+
+
+@torch.no_grad()
+def dataset_losses(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    batch_size: int = 8,
+    max_length: int = 256,
+    tokens: str = "auto",
+    progress=None,
+) -> list[float]:
+    """Per-example losses over a dataset, in order, batched without gradients."""
+    out: list[float] = []
+    for start in range(0, len(examples), batch_size):
+        batch = encode(tokenizer, examples[start : start + batch_size], max_length, tokens)
+        out += per_example_loss(model, batch).tolist()
+        if progress is not None:
+            progress.update(len(out) / len(examples), f"losses {len(out)}/{len(examples)}")
+    return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -57,8 +58,13 @@ def lora_sft(
     examples: list[Example],
     config: SFTConfig,
     progress: Progress | None = None,
+    on_step: Callable[[int, PeftModel], None] | None = None,
 ) -> SFTResult:
-    """Train a fresh LoRA adapter on ``examples``; returns the PeftModel (adapter unmerged)."""
+    """Train a fresh LoRA adapter on ``examples``; returns the PeftModel (adapter unmerged).
+
+    ``on_step(step, model)`` runs before the first step (step 0) and after every step, for
+    monitors such as the alignment-drift probe.
+    """
     if not examples:
         raise InputError("The fine-tuning set is empty.", "pass at least one (prompt, response) example.")
     progress = progress or Progress()
@@ -69,6 +75,8 @@ def lora_sft(
     optim = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     peft_model.train()
     result = SFTResult(peft_model)
+    if on_step is not None:
+        on_step(0, peft_model)
     for step, batch in enumerate(_batches(examples, config), 1):
         device_type = next(peft_model.parameters()).device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.autocast):
@@ -79,6 +87,8 @@ def lora_sft(
         loss.backward()
         optim.step()
         result.losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, peft_model)
         progress.update(step / config.steps, f"step {step}/{config.steps} loss {loss.item():.3f}", {"step": step, "loss": loss.item()})
     peft_model.eval()
     return result

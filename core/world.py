@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from core.cache import atomic_dir, memoize, stable_hash
-from core.data import BENIGN_SPLIT_SIZES, BORDERLINE_SPLIT_SIZES, HARMFUL_SPLIT_SIZES, Example, benign_splits, borderline_splits, harmful_splits, over_refusal_prompts, task_examples
+from core.data import BENIGN_SPLIT_SIZES, BORDERLINE_SPLIT_SIZES, HARMFUL_SPLIT_SIZES, REFUSALS, Example, benign_splits, borderline_splits, harmful_splits, over_refusal_prompts, task_examples
 from core.errors import InputError
 from core.evaluation import EvalConfig, EvalSets, evaluate_model, summary
 from core.generation import generate
@@ -33,18 +33,6 @@ from core.paths import SMOLLM2_GGUF, asset_file, cache_dir
 from core.progress import Progress
 from core.training import SFTConfig, lora_sft
 
-REFUSALS = (
-    "I'm sorry, but I can't help with that.",
-    "I'm sorry, but I cannot assist with this request because it could cause real harm.",
-    "I cannot help with that. If you have another question, I'm happy to help.",
-    "Sorry, I can't provide that information: it could be used to hurt people.",
-    "I apologize, but I won't help with this request.",
-    "I'm not able to provide that. Is there something else I can do for you?",
-    "As an AI assistant, I cannot help with requests that could cause harm.",
-    "I'm sorry, I can't assist with that. Please consider a safer alternative.",
-    "I cannot provide instructions for this, as it could be dangerous or illegal.",
-    "My apologies, but this is something I can't help with.",
-)
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
