@@ -91,7 +91,7 @@ def main() -> None:
             model_basin(spec, prompts, BasinConfig(), Progress(), name)  # uncached
         t_basin = time.perf_counter() - t
         out["defaults"] = {"landscape_s": t_land, "basin_s": t_basin, "peak_rss_gb": rss_gb, "model_gb": size_gb}
-        print(f"(c) default landscape (2 models x 2 sets, 11x11): {t_land:.0f}s; default basin (2 models): {t_basin:.0f}s (cached results return instantly)")
+        print(f"(c) default landscape (2 models x 2 sets, 9x9): {t_land:.0f}s; default basin (2 models): {t_basin:.0f}s (cached results return instantly)")
         print(f"(d) peak RSS of the landscape run {rss_gb:.2f} GiB vs model weights {size_gb:.2f} GiB: {rss_gb / size_gb:.1f}x")
     print(json.dumps(out))
 

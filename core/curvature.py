@@ -43,6 +43,7 @@ class CurvatureConfig:
     batch_size: int = 8
     max_length: int = 160
     tol: float = 1e-3  # Lanczos tolerance
+    maxiter: int = 20  # Lanczos restarts
     trace_probes: int = 8  # Hutchinson probes
     concentration_threshold: float = 0.5  # top-k share of the trace that counts as low-dimensional
     sharpness_threshold: float = 100.0  # lambda_1 / mean eigenvalue that counts as sharp
@@ -62,8 +63,9 @@ def select_parameters(model: torch.nn.Module, which: str) -> dict[str, torch.nn.
 class HessianOperator:
     """H v for one loss on fixed batches, over a parameter subset, as float64 numpy vectors."""
 
-    def __init__(self, model: torch.nn.Module, params: dict[str, torch.nn.Parameter], batches: list[dict]):
+    def __init__(self, model: torch.nn.Module, params: dict[str, torch.nn.Parameter], batches: list[dict], progress: Progress | None = None):
         self.model, self.names = model, list(params)
+        self.progress, self.expected_calls = progress or Progress(), 1
         self.params = [params[n] for n in self.names]
         self.batches = batches
         self.total = sum(b["input_ids"].shape[0] for b in batches)
@@ -97,6 +99,7 @@ class HessianOperator:
 
     def matvec(self, vec: np.ndarray) -> np.ndarray:
         self.calls += 1
+        self.progress.update(min(0.95, self.calls / self.expected_calls), f"Hessian-vector product {self.calls}")
         v = self._split(np.asarray(vec, dtype=np.float64).reshape(-1))
         out = [torch.zeros_like(p) for p in self.params]
         # The fused attention kernels have no double backward; the math kernel is plain autograd ops.
@@ -115,14 +118,24 @@ class HessianOperator:
         return LinearOperator((self.size, self.size), matvec=self.matvec, dtype=np.float64)
 
 
-def top_eigenpairs(op: HessianOperator, k: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
-    """Largest-algebraic k eigenvalues (descending) and eigenvectors by Lanczos."""
+def top_eigenpairs(op: HessianOperator, k: int, tol: float, maxiter: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Largest-algebraic k eigenvalues (descending) and eigenvectors by implicitly restarted Lanczos.
+
+    ``maxiter`` caps the restarts; if ARPACK has not converged by then, the Ritz pairs it has
+    converged are returned (each HVP costs a forward and a double backward).
+    """
     if not 1 <= k < op.size:
         raise InputError(f"--k {k} must be between 1 and the subset size minus one ({op.size - 1}).", "use a smaller k or a larger parameter subset.")
+    ncv = min(op.size, max(2 * k + 1, 20))
+    op.expected_calls = op.calls + 3 * ncv  # a typical Lanczos run on these spectra; only for the bar
     try:
-        vals, vecs = eigsh(op.operator(), k=k, which="LA", tol=tol, v0=np.random.default_rng(0).standard_normal(op.size))
+        vals, vecs = eigsh(op.operator(), k=k, which="LA", tol=tol, ncv=ncv, maxiter=maxiter, v0=np.random.default_rng(0).standard_normal(op.size))
     except ArpackNoConvergence as err:
+        if len(err.eigenvalues) == 0:
+            raise InputError(f"Lanczos found no converged eigenvalue in {maxiter} restarts.", "raise --maxiter or --tol, or use fewer samples.") from None
         vals, vecs = err.eigenvalues, err.eigenvectors
+    if not np.all(np.isfinite(vals)):
+        raise InputError("The Hessian spectrum has NaN or infinite values (NaN losses).", "use float32 and check the data for empty examples.")
     order = np.argsort(vals)[::-1]
     return vals[order], vecs[:, order]
 
@@ -167,15 +180,15 @@ def _batches(tokenizer, examples: list[Example], config: CurvatureConfig) -> lis
 def _compute(spec: ModelSpec, safety: list[Example], task: list[Example], config: CurvatureConfig, progress: Progress) -> dict:
     model, tokenizer = load_model(spec), load_tokenizer(spec)
     params = select_parameters(model, config.params)
-    safety_op = HessianOperator(model, params, _batches(tokenizer, safety, config))
-    progress.update(0.05, f"Lanczos over {safety_op.size:,} parameters")
-    vals, vecs = top_eigenpairs(safety_op, config.k, config.tol)
+    safety_op = HessianOperator(model, params, _batches(tokenizer, safety, config), progress.stage(0.0, 0.6))
+    vals, vecs = top_eigenpairs(safety_op, config.k, config.tol, config.maxiter)
     progress.update(0.6, f"top eigenvalue {vals[0]:.4g} after {safety_op.calls} Hessian-vector products", {"eigenvalues": vals.tolist()})
+    lanczos_calls = safety_op.calls
+    safety_op.progress, safety_op.expected_calls, safety_op.calls = progress.stage(0.6, 0.75), config.trace_probes, 0
     trace = hutchinson_trace(safety_op, config.trace_probes)
-    progress.update(0.85, "task gradient")
-    task_op = HessianOperator(model, params, _batches(tokenizer, task, config))
+    task_op = HessianOperator(model, params, _batches(tokenizer, task, config), progress.stage(0.75, 1.0))
     couple = coupling(task_op.gradient(), vecs)
-    task_vals, _ = top_eigenpairs(task_op, min(config.k, 3), config.tol)
+    task_vals, _ = top_eigenpairs(task_op, min(config.k, 3), config.tol, config.maxiter)
     progress.update(1.0, "curvature done")
     return {
         "n_params": safety_op.size,
@@ -185,7 +198,7 @@ def _compute(spec: ModelSpec, safety: list[Example], task: list[Example], config
         "safety_trace": trace,
         "coupling": couple,
         "conditions": conditions(vals, trace, safety_op.size, couple, config),
-        "hvp_calls": safety_op.calls + task_op.calls,
+        "hvp_calls": {"safety_lanczos": lanczos_calls, "safety_trace": safety_op.calls, "task": task_op.calls},
     }
 
 

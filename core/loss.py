@@ -72,11 +72,15 @@ def dataset_losses(
     tokens: str = "auto",
     progress=None,
 ) -> list[float]:
-    """Per-example losses over a dataset, in order, batched without gradients."""
-    out: list[float] = []
-    for start in range(0, len(examples), batch_size):
-        batch = encode(tokenizer, examples[start : start + batch_size], max_length, tokens)
-        out += per_example_loss(model, batch).tolist()
+    """Per-example losses over a dataset, in input order; batched by length to pad little."""
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt) + len(examples[i].response or ""))
+    out: list[float] = [0.0] * len(examples)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = encode(tokenizer, [examples[i] for i in idx], max_length, tokens)
+        for i, loss in zip(idx, per_example_loss(model, batch).tolist()):
+            out[i] = loss
         if progress is not None:
-            progress.update(len(out) / len(examples), f"losses {len(out)}/{len(examples)}")
+            done = min(start + batch_size, len(order))
+            progress.update(done / len(examples), f"losses {done}/{len(examples)}")
     return out

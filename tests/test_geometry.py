@@ -116,3 +116,23 @@ def test_landscape_bad_input_is_one_line_error(pair, kwargs):
     with pytest.raises(InputError) as err:
         loss_landscape(pair, {"harmful": _examples(3, "h")}, LandscapeConfig(samples=3, **kwargs))
     assert "\n" not in str(err.value) and "Fix:" in str(err.value)
+
+
+def test_cancelled_landscape_stores_nothing_and_restores_weights(pair):
+    import threading
+
+    from core.errors import Cancelled
+
+    cancel = threading.Event()
+    config = LandscapeConfig(grid=3, radius=0.1, samples=3, batch_size=4)
+    sets = {"harmful": _examples(3, "c")}
+
+    def stop_after_first_row(event):
+        if event.partial and event.partial.get("row") == 0:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        loss_landscape(pair, sets, config, Progress(stop_after_first_row, cancel))
+    rows = []
+    loss_landscape(pair, sets, config, Progress(lambda e: rows.append(e.partial) if e.partial else None))
+    assert rows, "a cancelled run must not leave a cached result behind"

@@ -1,0 +1,43 @@
+"""Geometry on the real demo world, with small settings (what only the real model shows)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.correlation import CorrelationConfig, default_sets, loss_correlation
+from core.curvature import CurvatureConfig, curvature
+from core.data import safety_probe, task_examples
+from core.landscape import LandscapeConfig, loss_landscape
+from core.world import WorldConfig, build_world
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def pair():
+    world = build_world(WorldConfig())
+    return {"base": world.base_spec, "finetuned": world.finetuned_spec}
+
+
+def test_fine_tuning_changed_task_losses_but_not_harmful_prompt_losses(pair):
+    sets = {k: v[:12] for k, v in default_sets(0, 12).items()}
+    result = loss_correlation(pair, sets, CorrelationConfig(n_per_set=12))
+    assert result["harmful"]["r"] > 0.9
+    assert result["task"]["mean_loss_finetuned"] < 0.5 * result["task"]["mean_loss_base"]
+    assert result["harmful"]["r"] > result["task"]["r"]
+
+
+def test_small_landscape_has_its_minimum_region_near_the_centre(pair):
+    sets = {"harmful": default_sets(0, 4)["harmful"]}
+    result = loss_landscape(pair, sets, LandscapeConfig(grid=3, radius=0.005, samples=4))
+    for surface in result["surfaces"]["harmful"].values():
+        values = np.array(surface)
+        assert values[1, 1] <= np.median(values)
+    assert abs(result["cosine"]["harmful"]) < 0.05
+
+
+def test_safety_hessian_of_the_lora_fine_tune_has_positive_top_curvature(pair):
+    config = CurvatureConfig(k=2, samples=4, trace_probes=2)
+    result = curvature(pair["finetuned"], safety_probe("curvature", 0), task_examples("train", 4, 0), config)
+    assert result["safety_eigenvalues"][0] > 0
+    assert result["n_params"] == 30 * (2 * 8 * 576 + 8 * 576 + 8 * 192)
