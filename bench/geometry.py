@@ -59,12 +59,17 @@ def hvp_vs_gradient(world) -> dict:
     op = HessianOperator(model, params, [encode(tok, safety_probe("curvature", 0)[:8])])
     v = np.random.default_rng(0).standard_normal(op.size)
     op.gradient(), op.matvec(v)  # warm-up
-    t = time.perf_counter()
-    op.gradient()
-    t_grad = time.perf_counter() - t
-    t = time.perf_counter()
-    op.matvec(v)
-    t_hvp = time.perf_counter() - t
+
+    def median_time(fn, reps: int = 3) -> float:
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return float(np.median(times))
+
+    t_grad = median_time(op.gradient)
+    t_hvp = median_time(lambda: op.matvec(v))
     return {"gradient_s": t_grad, "hvp_s": t_hvp, "ratio": t_hvp / t_grad, "params": op.size}
 
 

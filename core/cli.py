@@ -64,7 +64,9 @@ def parser() -> argparse.ArgumentParser:
     _model_args(cu)
     cu.add_argument("--k", type=int, default=8, help="top eigenpairs by Lanczos (default 8)")
     cu.add_argument("--params", default="lora", help="'lora' or comma-separated parameter-name parts, e.g. layers.20.mlp (default lora)")
-    cu.add_argument("--samples", type=int, default=32, help="examples in the safety and task losses (default 32)")
+    cu.add_argument("--samples", type=int, default=8, help="examples in the safety and task losses (default 8)")
+    cu.add_argument("--tol", type=float, default=1e-3, help="Lanczos relative tolerance (default 1e-3)")
+    cu.add_argument("--maxiter", type=int, default=20, help="Lanczos restarts before returning the converged pairs (default 20)")
     cu.add_argument("--drift-steps", type=int, default=40, help="steps of the benign LoRA fine-tune the drift monitor watches (0: skip)")
     cu.add_argument("--every", type=int, default=4, help="probe the alignment loss every this many steps (default 4)")
     b = sub.add_parser("basin", help="safety-basin curves and VISAGE under random weight perturbation")
@@ -180,7 +182,7 @@ def cmd_curvature(args: argparse.Namespace) -> dict[str, Any]:
     from core.data import safety_probe, task_examples
 
     pair = _pair(args)
-    config = CurvatureConfig(k=args.k, params=args.params, samples=args.samples)
+    config = CurvatureConfig(k=args.k, params=args.params, samples=args.samples, tol=args.tol, maxiter=args.maxiter)
     bar = Progress(stderr_bar)
     result = curvature(pair["finetuned"], safety_probe("curvature", args.seed), task_examples("train", args.samples, args.seed), config, bar.stage(0, 0.5))
     out = {k: v for k, v in result.items() if k != "parameter_names"}
