@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 from core.correlation import CorrelationConfig, default_sets, loss_correlation
-from core.curvature import CurvatureConfig, curvature
-from core.data import safety_probe, task_examples
+from core.curvature import HessianOperator, select_parameters
+from core.data import safety_probe
+from core.loss import encode
+from core.models import load_model, load_tokenizer
 from core.landscape import LandscapeConfig, loss_landscape
 from core.world import WorldConfig, build_world
 
@@ -36,8 +38,12 @@ def test_small_landscape_has_its_minimum_region_near_the_centre(pair):
     assert abs(result["cosine"]["harmful"]) < 0.05
 
 
-def test_safety_hessian_of_the_lora_fine_tune_has_positive_top_curvature(pair):
-    config = CurvatureConfig(k=2, samples=4, trace_probes=2)
-    result = curvature(pair["finetuned"], safety_probe("curvature", 0), task_examples("train", 4, 0), config)
-    assert result["safety_eigenvalues"][0] > 0
-    assert result["n_params"] == 30 * (2 * 8 * 576 + 8 * 576 + 8 * 192)
+def test_safety_hessian_on_the_lora_fine_tune_is_symmetric(pair):
+    model, tokenizer = load_model(pair["finetuned"]), load_tokenizer(pair["finetuned"])
+    params = select_parameters(model, "lora")
+    op = HessianOperator(model, params, [encode(tokenizer, safety_probe("curvature", 0)[:4])])
+    assert op.size == 30 * (2 * 8 * 576 + 8 * 576 + 8 * 192)
+    rng = np.random.default_rng(0)
+    u, v = rng.standard_normal(op.size), rng.standard_normal(op.size)
+    hu, hv = op.matvec(u), op.matvec(v)
+    assert np.all(np.isfinite(hu)) and abs(u @ hv - v @ hu) < 1e-3 * abs(u @ hv) + 1e-6
