@@ -189,24 +189,25 @@ def _compute(pair: dict[str, ModelSpec], sets: dict[str, list[Example]], config:
     tokenizer = load_tokenizer(pair["base"])
     batches = {k: _batches(tokenizer, v[: config.samples], config) for k, v in sets.items()}
     result: dict = {"coords": coords.tolist(), "surfaces": {}, "cross_sections": {}, "cosine": {}, "structural_difference": {}, "seconds": {}}
-    models = {name: _load_merged(spec) for name, spec in pair.items()}
-    jobs = [(s, m) for s in sets for m in models]
+    order = ["base"] + [m for m in pair if m != "base"]  # the base defines each set's directions
+    jobs = [(s, m) for s in sets for m in order]
+    base_names: set[str] = set()
     for k, (set_name, model_name) in enumerate(jobs):
         stage = progress.stage(k / len(jobs), (k + 1) / len(jobs))
-        base_params = perturbed_parameters(models["base"], config.modules)
-        if model_name == "base":
-            d1, d2 = _directions(models["base"], base_params, tokenizer, batches[set_name], config)
-            result["cosine"][set_name] = cosine(d1, d2)
-            dirs = (d1, d2)
-        model = models[model_name]
+        model = _load_merged(pair[model_name])  # one model in memory at a time
         params = perturbed_parameters(model, config.modules)
-        if set(params) != set(base_params):
+        if model_name == "base":
+            d1, d2 = _directions(model, params, tokenizer, batches[set_name], config)
+            result["cosine"][set_name] = cosine(d1, d2)
+            dirs, base_names = (d1, d2), set(params)
+        elif set(params) != base_names:
             raise InputError("Base and fine-tuned models do not share parameter names.", "pass a fine-tune of this base (same architecture).")
         t = time.monotonic()
         values = surface(model, params, dirs[0], dirs[1], coords, batches[set_name], stage, f"{set_name}/{model_name}")
         result["seconds"][f"{set_name}/{model_name}"] = time.monotonic() - t
         result["surfaces"].setdefault(set_name, {})[model_name] = values.tolist()
         result["cross_sections"].setdefault(set_name, {})[model_name] = cross_sections(values)
+        del model, params
     for set_name, by_model in result["surfaces"].items():
         result["structural_difference"][set_name] = structural_difference(np.array(by_model["base"]), np.array(by_model["finetuned"]))
     progress.update(1.0, "landscape done")
