@@ -39,6 +39,7 @@ from core.models import ModelSpec, fingerprint, load_model, load_tokenizer
 from core.progress import Progress
 
 DIRECTION_SEEDS = (1000, 2000)
+GRAD_CHUNK = 4
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,9 @@ def gradient(model, params: dict[str, torch.nn.Parameter], batches: list[dict]) 
         p.grad = None
     n = sum(b["input_ids"].shape[0] for b in batches)
     for batch in batches:
-        (per_example_loss(model, batch).sum() / n).backward()
+        for i in range(0, batch["input_ids"].shape[0], GRAD_CHUNK):  # small chunks bound the backward's activations
+            chunk = {k: v[i : i + GRAD_CHUNK] for k, v in batch.items()}
+            (per_example_loss(model, chunk).sum() / n).backward()
     grads = {name: p.grad.detach().clone() for name, p in params.items()}
     for p in params.values():
         p.grad = None
