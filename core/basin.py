@@ -109,8 +109,7 @@ def _asr(model, tokenizer, prompts: list[str], config: BasinConfig) -> float:
 
 
 def _model_basin(spec: ModelSpec, prompts: list[str], config: BasinConfig, progress: Progress, label: str) -> dict:
-    model = load_model(spec)
-    model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    model = load_model(spec, merge=True)
     tokenizer = load_tokenizer(spec)
     params = basin_parameters(model)
     dirs = [layer_normalised_direction(params, config.seed * 1000 + k) for k in range(max(config.directions, 2 if config.plane_points else 1))]

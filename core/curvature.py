@@ -30,7 +30,7 @@ from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from core.cache import memoize
 from core.data import Example, fingerprint as data_fingerprint
 from core.errors import InputError
-from core.loss import encode, per_example_loss
+from core.loss import encode_batches, per_example_loss
 from core.models import ModelSpec, fingerprint, load_model, load_tokenizer
 from core.progress import Progress
 
@@ -173,8 +173,7 @@ def conditions(eigenvalues: np.ndarray, trace: float, n_params: int, couple: dic
 
 
 def _batches(tokenizer, examples: list[Example], config: CurvatureConfig) -> list[dict]:
-    ex = examples[: config.samples]
-    return [encode(tokenizer, ex[i : i + config.batch_size], config.max_length) for i in range(0, len(ex), config.batch_size)]
+    return encode_batches(tokenizer, examples[: config.samples], config.batch_size, config.max_length)
 
 
 def _compute(spec: ModelSpec, safety: list[Example], task: list[Example], config: CurvatureConfig, progress: Progress) -> dict:
@@ -255,7 +254,7 @@ def drift_monitor(spec: ModelSpec, train: list[Example], probe: list[Example], c
 
     def compute() -> dict:
         tokenizer = load_tokenizer(spec)
-        batches = [encode(tokenizer, probe[i : i + 8]) for i in range(0, min(len(probe), config.probe_samples), 8)]
+        batches = encode_batches(tokenizer, probe[: config.probe_samples], 8)
         record: dict[str, list] = {"steps": [], "alignment_loss": []}
 
         def on_step(step: int, model) -> None:

@@ -34,7 +34,7 @@ from scipy import ndimage, stats
 from core.cache import memoize
 from core.data import Example, fingerprint as data_fingerprint
 from core.errors import InputError
-from core.loss import encode, per_example_loss
+from core.loss import encode_batches, per_example_loss
 from core.models import ModelSpec, fingerprint, load_model, load_tokenizer
 from core.progress import Progress
 
@@ -83,9 +83,7 @@ def mean_loss(model, batches: list[dict]) -> float:
 
 
 def _batches(tokenizer, examples: list[Example], config: LandscapeConfig) -> list[dict]:
-    """Length-sorted batches (the mean loss does not depend on order; sorting cuts padding)."""
-    ex = sorted(examples, key=lambda e: len(e.prompt) + len(e.response or ""))
-    return [encode(tokenizer, ex[i : i + config.batch_size], config.max_length) for i in range(0, len(ex), config.batch_size)]
+    return encode_batches(tokenizer, examples, config.batch_size, config.max_length)
 
 
 def gradient(model, params: dict[str, torch.nn.Parameter], batches: list[dict]) -> dict[str, torch.Tensor]:
@@ -175,11 +173,6 @@ def cross_sections(values: np.ndarray) -> dict[str, list[float]]:
     return {"d1": values[:, c].tolist(), "d2": values[c, :].tolist()}
 
 
-def _load_merged(spec: ModelSpec):
-    model = load_model(spec)
-    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-
-
 def _directions(model, params, tokenizer, batches, config: LandscapeConfig):
     if config.directions == "random":
         return [random_direction(params, s) for s in DIRECTION_SEEDS]
@@ -197,7 +190,7 @@ def _compute(pair: dict[str, ModelSpec], sets: dict[str, list[Example]], config:
     base_names: set[str] = set()
     for k, (set_name, model_name) in enumerate(jobs):
         stage = progress.stage(k / len(jobs), (k + 1) / len(jobs))
-        model = _load_merged(pair[model_name])  # one model in memory at a time
+        model = load_model(pair[model_name], merge=True)  # one model in memory at a time
         params = perturbed_parameters(model, config.modules)
         if model_name == "base":
             d1, d2 = _directions(model, params, tokenizer, batches[set_name], config)

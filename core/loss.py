@@ -62,6 +62,12 @@ def per_example_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> 
     return (tok * counted).sum(1) / counted.sum(1).clamp(min=1)
 
 
+def encode_batches(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], batch_size: int, max_length: int = 256) -> list[dict[str, torch.Tensor]]:
+    """Length-sorted encoded batches, for losses that are summed or averaged (order-free)."""
+    ex = sorted(examples, key=lambda e: len(e.prompt) + len(e.response or ""))
+    return [encode(tokenizer, ex[i : i + batch_size], max_length) for i in range(0, len(ex), batch_size)]
+
+
 @torch.no_grad()
 def dataset_losses(
     model: PreTrainedModel,
