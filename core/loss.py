@@ -50,16 +50,21 @@ def encode(
 
 
 def per_example_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean token cross-entropy per example over its counted (label != -100) tokens."""
+    """Mean token cross-entropy per example over its counted (label != -100) tokens.
+
+    Logits are computed only where a token counts (a boolean ``logits_to_keep`` mask): prompt
+    and padding positions cost no vocabulary projection, which matters most for double backward.
+    """
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    shift_logits = logits[:, :-1].float()
-    shift_labels = batch["labels"][:, 1:]
-    tok = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100, reduction="none")
-    tok = tok.view(shift_labels.shape)
-    counted = (shift_labels != -100).float()
-    return (tok * counted).sum(1) / counted.sum(1).clamp(min=1)
+    counted = torch.zeros_like(batch["labels"], dtype=torch.bool)
+    counted[:, :-1] = batch["labels"][:, 1:] != -100
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=counted).logits
+    targets = batch["labels"][:, 1:][counted[:, :-1]]
+    tok = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets, reduction="none")
+    rows = counted.nonzero()[:, 0]
+    total = torch.zeros(counted.shape[0], device=device, dtype=tok.dtype).index_add(0, rows, tok)
+    return total / counted.sum(1).clamp(min=1)
 
 
 def encode_batches(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], batch_size: int, max_length: int = 256) -> list[dict[str, torch.Tensor]]:

@@ -156,3 +156,23 @@ def test_resolve_pair_applies_device_and_dtype(tiny_model_dir, tiny_adapter_dir)
         "finetuned": ModelSpec(str(tiny_model_dir), str(tiny_adapter_dir), "cpu", "float32", False),
     }
     assert list(resolve_pair(str(tiny_model_dir), None)) == ["base"]
+
+
+def test_repeated_command_line_is_answered_without_recomputing(tiny_model_dir, tiny_adapter_dir, capsys, monkeypatch):
+    """``python -m core`` answers a repeat from the answer cache (no torch import); a changed
+    input file (here the adapter's mtime) misses it."""
+    import core.cli
+
+    monkeypatch.setattr(core.world, "eval_sets", _small_eval_sets)
+    argv = ["evaluate", "--base", str(tiny_model_dir), "--finetuned", str(tiny_adapter_dir), "--device", "cpu", "--json"]
+    assert main(argv, cached_answers=True) == 0
+    first = capsys.readouterr().out
+    calls = []
+    monkeypatch.setattr(core.cli, "_compute", lambda args: calls.append(args) or {"recomputed": True})
+    assert main(argv, cached_answers=True) == 0
+    assert capsys.readouterr().out == first and not calls
+    adapter_file = next(Path(tiny_adapter_dir).glob("*.safetensors"))
+    os.utime(adapter_file, ns=(adapter_file.stat().st_atime_ns, adapter_file.stat().st_mtime_ns + 1000))
+    assert main(argv, cached_answers=True) == 0
+    assert json.loads(capsys.readouterr().out) == {"recomputed": True} and len(calls) == 1
+    assert main(argv) == 0 and len(calls) == 2  # in-process callers never use the answer cache

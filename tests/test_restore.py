@@ -1,0 +1,83 @@
+"""The restoration framework: registry, parameters, run store, cancellation, CLI faces."""
+import json
+import threading
+
+import pytest
+
+from core import cli
+from core.errors import Cancelled, InputError
+from core.influence import InfluenceConfig
+from core.models import ModelSpec
+from core.progress import Progress
+from core.restore import DataConfig, MonitorConfig, RunRequest, list_runs, load_record, method, parse_config, require_adapter, restore, restored_spec, run_id, trajectory
+
+SMALL = dict(data=DataConfig(forget=8, retain=8, curvature_batch=4, recovery=8, rollback=8, monitor=4, response_tokens=8), monitor=MonitorConfig(harmful_tokens=4, task_tokens=4, loss_examples=4))
+
+
+def _pair(tiny_model_dir, tiny_adapter_dir):
+    return {"base": ModelSpec(str(tiny_model_dir), device="cpu"), "finetuned": ModelSpec(str(tiny_model_dir), str(tiny_adapter_dir), device="cpu")}
+
+
+def test_parse_config_converts_and_rejects():
+    m = method("curvature")
+    config = parse_config(m, {"epsilon": "0.1", "iterations": "2", "pair-lrs": "0.001,0.01"})
+    assert config.epsilon == 0.1 and config.iterations == 2 and config.pair_lrs == (0.001, 0.01)
+    with pytest.raises(InputError, match="no parameter 'nope'"):
+        parse_config(m, {"nope": "1"})
+    with pytest.raises(InputError, match="not a int"):
+        parse_config(m, {"iterations": "two"})
+    with pytest.raises(InputError, match="Unknown restoration method"):
+        method("magic")
+
+
+def test_lora_methods_refuse_full_finetunes_and_name_the_alternatives(tiny_model_dir):
+    with pytest.raises(InputError) as err:
+        require_adapter(ModelSpec(str(tiny_model_dir), str(tiny_model_dir)), "curvature")
+    assert "direction" in str(err.value) and "Fix:" in str(err.value)
+
+
+def test_run_is_stored_reloadable_and_cached(tiny_model_dir, tiny_adapter_dir):
+    pair = _pair(tiny_model_dir, tiny_adapter_dir)
+    request = RunRequest("gradient-ascent", method("gradient-ascent").config(iterations=1, batch_size=4), evaluate=False, **SMALL)
+    events = []
+    record = restore(pair, request, progress=Progress(events.append))
+    assert record["status"] == "done" and len(record["steps"]) == 2
+    assert {"forget_loss", "retain_loss", "harmful_rate", "task_exact_match", "forget_r_base", "retain_r_base", "distance_to_finetuned", "distance_to_base", "wall_s"} <= set(record["steps"][1])
+    assert any(isinstance(e.partial, dict) and "harmful_rate" in e.partial for e in events)  # live per-step metrics
+    assert load_record(record["id"])["steps"] == record["steps"]
+    assert trajectory(record).shape[0] == 2
+    from core.models import load_model
+
+    restored = load_model(restored_spec(record))
+    assert any("lora_" in n for n, _ in restored.named_parameters())
+    again = restore(pair, request)
+    assert again["id"] == record["id"] and again["steps"] == record["steps"]
+    assert record["id"] in [r["id"] for r in list_runs()]
+
+
+def test_cancelled_run_keeps_its_steps_and_no_weights(tiny_model_dir, tiny_adapter_dir):
+    pair = _pair(tiny_model_dir, tiny_adapter_dir)
+    request = RunRequest("curvature", InfluenceConfig(iterations=3, pairs=2, batch_size=4), evaluate=False, **SMALL)
+    cancel = threading.Event()
+
+    def stop_after_first_step(event):
+        if isinstance(event.partial, dict) and event.partial.get("step") == 1:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        restore(pair, request, progress=Progress(stop_after_first_step, cancel))
+    record = load_record(run_id(pair, request))
+    assert record["status"] == "cancelled" and len(record["steps"]) == 2
+    from core.restore import runs_dir
+
+    assert not (runs_dir() / record["id"] / "restored").exists()
+
+
+def test_cli_restore_json_and_bad_input(tiny_model_dir, tiny_adapter_dir, capsys):
+    base = ["--base", str(tiny_model_dir), "--device", "cpu", "--json"]
+    assert cli.main(["restore", "--method", "curvature", *base]) == 2  # no --finetuned
+    assert "--finetuned" in capsys.readouterr().err
+    assert cli.main(["restore", "--method", "curvature", "--param", "iterations", *base, "--finetuned", str(tiny_adapter_dir)]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+    assert cli.main(["restore", "--method", "curvature", *base, "--finetuned", str(tiny_model_dir)]) == 2
+    assert "not a PEFT adapter" in capsys.readouterr().err
