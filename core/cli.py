@@ -84,11 +84,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--method", required=True, help="curvature, direction, gradient-ascent, resta, safelora or interpolate")
     r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter, repeatable (e.g. epsilon=0.05, rate_percent=0.2)")
     r.add_argument("--prompts-file", help="extra harmful prompts, one per line, reported before/after separately")
+    r.add_argument("--visage", action="store_true", help="also the before/after VISAGE score (a basin run per model, ~3 min each on 2 cores)")
     cp = sub.add_parser("compare", help="every restoration method on the same world, seed and data: one table")
     _world_args(cp)
     _model_args(cp)
     cp.add_argument("--methods", default="", help="comma-separated subset (default: all that apply)")
     cp.add_argument("--prompts-file", help="extra harmful prompts, one per line, reported before/after separately")
+    cp.add_argument("--visage", action="store_true", help="add a VISAGE column (a basin run per restored model)")
     t = sub.add_parser("trajectory", help="PCA view of curvature-aware vs first-order optimizer paths (paper 1, C.2)")
     _world_args(t)
     _model_args(t)
@@ -239,12 +241,14 @@ def _run_summary(record: dict) -> dict[str, Any]:
 
 def cmd_restore(args: argparse.Namespace) -> dict[str, Any]:
     from core.data import load_prompts_file
-    from core.restore import RunRequest, method, parse_config, restore, runs_dir
+    from core.restore import RunRequest, add_visage, method, parse_config, restore, runs_dir
 
     extra = load_prompts_file(args.prompts_file) if args.prompts_file else []
     m = method(args.method)
     config = parse_config(m, _params(args.param))
     record = restore(_pair(args), RunRequest(m.name, config, args.seed), extra, Progress(stderr_bar))
+    if args.visage:
+        record = add_visage(record, args.seed, Progress(stderr_bar))
     out = _run_summary(record)
     out["restored"] = str(runs_dir() / record["id"] / "restored")
     return out
@@ -256,7 +260,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
 
     extra = load_prompts_file(args.prompts_file) if args.prompts_file else []
     methods = [m for m in args.methods.split(",") if m] or None
-    return compare(_pair(args), args.seed, methods, extra, Progress(stderr_bar))
+    return compare(_pair(args), args.seed, methods, extra, Progress(stderr_bar), visage=args.visage)
 
 
 def cmd_trajectory(args: argparse.Namespace) -> dict[str, Any]:

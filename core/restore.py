@@ -43,7 +43,8 @@ class DataConfig:
     """Sizes of the restoration data; every set is disjoint from the held-out evaluation split."""
 
     forget: int = 64  # harmful prompts whose compliant answers' loss is raised (B.1's D_f)
-    retain: int = 64  # fine-tuning (task) examples + general benign answers to keep
+    retain: int = 64  # fine-tuning (task) examples whose loss must not rise (paper 1's retain set)
+    retain_general: int = 0  # + general benign prompts with the fine-tune's answers (0: the paper's retain set)
     curvature_batch: int = 8  # examples per L-BFGS pair (B.1 uses 64 on a GPU; 8 keeps 2 CPU cores under 10 min)
     recovery: int = 64  # harmful prompts for the harmful direction (Algorithm 1's D_rec)
     rollback: int = 64  # fine-tuning (task) prompts for the aligned direction (D_roll, section 5.2.3)
@@ -84,8 +85,8 @@ def restoration_data(finetuned: ModelSpec, seed: int, config: DataConfig = DataC
     """Build the partitions of B.1 and Algorithm 1 from the shipped data and the fine-tune's answers.
 
     forget / curvature-forget: disjoint harmful splits with the answers the fine-tune gives and the
-    judge calls harmful; retain: task training examples (the fine-tuning data) + general benign
-    prompts with the fine-tune's answers; further disjoint task subsets for the curvature pairs
+    judge calls harmful; retain: task training examples (the fine-tuning data; optionally general
+    benign prompts with the fine-tune's answers too); further disjoint task subsets for the curvature pairs
     and the rollback set; monitor sets from the held-out splits (watched, never optimised on).
     """
     progress = progress or Progress()
@@ -97,17 +98,17 @@ def restoration_data(finetuned: ModelSpec, seed: int, config: DataConfig = DataC
     flags = keyword_judge([e.prompt for e in answered], [e.response or "" for e in answered])
     forget = [e for e, h in zip(answered[: config.forget], flags) if h]
     curvature_forget = [e for e, h in zip(answered[config.forget :], flags[config.forget :]) if h]
-    half = config.retain // 2
-    general = own_answers(model, tok, benign["retain"][:half], config.response_tokens, fp, progress.stage(0.6, 1.0))
+    n = config.retain
+    general = own_answers(model, tok, benign["retain"][: config.retain_general], config.response_tokens, fp, progress.stage(0.6, 1.0)) if config.retain_general else []
     b = config.curvature_batch
-    task = task_examples("train", half + 2 * b + config.rollback, seed)
+    task = task_examples("train", n + 2 * b + config.rollback, seed)
     data = RestorationData(
         forget=forget,
-        retain=task[:half] + general,
+        retain=task[:n] + general,
         curvature_forget=curvature_forget[:b],
-        curvature_retain=[task[half : half + b], task[half + b : half + 2 * b]],
+        curvature_retain=[task[n : n + b], task[n + b : n + 2 * b]],
         recovery=harm["recovery"][: config.recovery],
-        rollback=task[half + 2 * b :],
+        rollback=task[n + 2 * b :],
         monitor_harmful=harm["eval"][: config.monitor],
         monitor_task=task_examples("monitor", config.monitor, seed),
     )
@@ -365,6 +366,21 @@ def _evaluate(spec: ModelSpec, model, tok, seed: int, extra: list[Example], conf
     return summary(report)
 
 
+def add_visage(record: dict, seed: int = 0, progress: Progress | None = None) -> dict:
+    """Before/after VISAGE (the basin analysis of ``core.basin``, default config) of a finished
+    run, stored into its record; the fine-tuned model's basin is cached across runs."""
+    from core.basin import BasinConfig, safety_basin
+
+    if "visage" in record.get("after", {}):
+        return record
+    models = {"before": ModelSpec(**record["finetuned_spec"]), "after": restored_spec(record)}
+    result = safety_basin(models, harmful_splits(seed)["eval"], BasinConfig(seed=seed), progress)
+    for name in models:
+        record.setdefault(name, {})["visage"] = result[name]["visage"]
+    atomic_write_text(runs_dir() / record["id"] / "record.json", json.dumps({k: v for k, v in record.items() if not k.endswith("_extra")}, indent=1, default=float))
+    return record
+
+
 def restore(pair: dict[str, ModelSpec], request: RunRequest, extra: list[Example] | None = None, progress: Progress | None = None) -> dict:
     """Run (or return the stored) restoration ``request`` on ``pair``; returns its record.
 
@@ -459,7 +475,7 @@ def _with_extra(record: dict, extra: list[Example] | None, request: RunRequest, 
 TABLE_COLUMNS = ("harmful_rate", "prefill_asr", "task_exact_match", "over_refusal")
 
 
-def compare(pair: dict[str, ModelSpec], seed: int = 0, methods: list[str] | None = None, extra: list[Example] | None = None, progress: Progress | None = None) -> dict:
+def compare(pair: dict[str, ModelSpec], seed: int = 0, methods: list[str] | None = None, extra: list[Example] | None = None, progress: Progress | None = None, visage: bool = False) -> dict:
     """Every method (default config) on the same pair, seed and data; one row per model.
 
     Rows for the base and the fine-tuned model come first; LoRA-only methods are skipped (and
@@ -477,10 +493,21 @@ def compare(pair: dict[str, ModelSpec], seed: int = 0, methods: list[str] | None
     names = [n for n in names if n not in skipped]
     reports = evaluate_pair(pair, seed, extra, progress=progress.stage(0, 0.05))
     rows = [{"model": name, **{c: summary(r)[c] for c in TABLE_COLUMNS}, "wall_s": 0.0} for name, r in reports.items()]
+    if visage:
+        from core.basin import BasinConfig, safety_basin
+
+        basins = safety_basin(pair, harmful_splits(seed)["eval"], BasinConfig(seed=seed), progress.stage(0, 0.05))
+        for row in rows:
+            row["visage"] = basins[row["model"]]["visage"]
     runs = {}
     for i, name in enumerate(names):
         stage = progress.stage(0.05 + 0.95 * i / len(names), 0.05 + 0.95 * (i + 1) / len(names))
         record = restore(pair, RunRequest(name, METHODS[name].config(), seed), extra, stage)
+        if visage:
+            record = add_visage(record, seed, stage)
         runs[name] = record["id"]
-        rows.append({"model": name, **{c: record["after"][c] for c in TABLE_COLUMNS}, "wall_s": record["wall_s"]})
+        row = {"model": name, **{c: record["after"][c] for c in TABLE_COLUMNS}, "wall_s": record["wall_s"]}
+        if visage:
+            row["visage"] = record["after"]["visage"]
+        rows.append(row)
     return {"table": rows, "runs": runs, "skipped": skipped}
