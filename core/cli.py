@@ -95,8 +95,8 @@ def parser() -> argparse.ArgumentParser:
     _world_args(t)
     _model_args(t)
     t.add_argument("--lrs", default="0.01,0.05", help="learning rates (default 0.01,0.05)")
-    t.add_argument("--iterations", type=int, default=6, help="steps per run (default 6)")
-    t.add_argument("--grid", type=int, default=9, help="contour points per axis (default 9)")
+    t.add_argument("--iterations", type=int, default=5, help="steps per run (default 5)")
+    t.add_argument("--grid", type=int, default=7, help="contour points per axis (default 7)")
     return ap
 
 

@@ -20,15 +20,18 @@ from core.errors import InputError
 from core.influence import GradientAscentConfig, InfluenceConfig, LoraObjective
 from core.models import ModelSpec, fingerprint, load_model, load_tokenizer
 from core.progress import Progress
-from core.restore import RunRequest, restore, restoration_data, trajectory
+from core.restore import MonitorConfig, RunRequest, restore, restoration_data, trajectory
+
+# The paths are what these runs are for; a lighter per-step monitor keeps four runs affordable.
+TRAJECTORY_MONITOR = MonitorConfig(harmful_tokens=8, task_tokens=12, loss_examples=8)
 
 
 @dataclass(frozen=True)
 class TrajectoryConfig:
     lrs: tuple = (0.01, 0.05)  # C.2's two learning rates
-    iterations: int = 6  # steps per run (pairs recomputed at each)
-    pairs: int = 6  # L-BFGS pairs per step (fewer than a restoration's 10, to keep 4 runs affordable)
-    grid: int = 9  # n x n contour points
+    iterations: int = 5  # steps per run (pairs recomputed at each)
+    pairs: int = 5  # L-BFGS pairs per step (fewer than a restoration's 10, to keep 4 runs affordable on 2 cores)
+    grid: int = 7  # n x n contour points
     margin: float = 0.25  # grid extends this fraction beyond the paths' range on each side
     examples: int = 16  # forget and retain examples per contour point
 
@@ -73,7 +76,7 @@ def trajectory_comparison(pair: dict[str, ModelSpec], seed: int = 0, config: Tra
         runs = config.runs()
         records = {}
         for k, (name, lr, cfg) in enumerate(runs):
-            rec = restore(pair, RunRequest(name, cfg, seed, evaluate=False), progress=progress.stage(k / len(runs) * 0.7, (k + 1) / len(runs) * 0.7))
+            rec = restore(pair, RunRequest(name, cfg, seed, monitor=TRAJECTORY_MONITOR, evaluate=False), progress=progress.stage(k / len(runs) * 0.7, (k + 1) / len(runs) * 0.7))
             records[(name, lr)] = rec
         data = restoration_data(pair["finetuned"], seed)
         model = load_model(pair["finetuned"])

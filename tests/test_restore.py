@@ -111,3 +111,21 @@ def test_cli_compare_table_and_trajectory_on_the_tiny_pair(tiny_model_dir, tiny_
     assert set(plane["paths"]) == {"curvature", "gradient-ascent"} and all(len(p) == 3 for p in plane["paths"].values())
     assert len(plane["objective"]) == 3 and len(plane["objective"][0]) == 3
     assert 0 < sum(plane["explained_variance"]) <= 1 + 1e-9
+
+
+def test_visage_before_after_is_stored_in_the_record(tiny_model_dir, tiny_adapter_dir, monkeypatch):
+    from core.restore import add_visage
+
+    pair = _pair(tiny_model_dir, tiny_adapter_dir)
+    record = restore(pair, RunRequest("gradient-ascent", method("gradient-ascent").config(iterations=1, batch_size=4), evaluate=False, **SMALL))
+    seen = {}
+
+    def fake_basin(models, prompts, config, progress=None):
+        seen.update(models)
+        return {name: {"visage": 10.0 * i} for i, name in enumerate(models)}
+
+    monkeypatch.setattr("core.basin.safety_basin", fake_basin)
+    out = add_visage(dict(record))
+    assert seen["before"].finetuned == str(tiny_adapter_dir) and seen["after"] == restored_spec(record)
+    assert (out["before"]["visage"], out["after"]["visage"]) == (0.0, 10.0)
+    assert load_record(record["id"])["after"]["visage"] == 10.0
