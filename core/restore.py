@@ -492,7 +492,8 @@ def compare(pair: dict[str, ModelSpec], seed: int = 0, methods: list[str] | None
     skipped = [n for n in names if METHODS[n].needs_adapter and not is_adapter]
     names = [n for n in names if n not in skipped]
     reports = evaluate_pair(pair, seed, extra, progress=progress.stage(0, 0.05))
-    rows = [{"model": name, **{c: summary(r)[c] for c in TABLE_COLUMNS}, "wall_s": 0.0} for name, r in reports.items()]
+    extra_cols = ("extra_harmful_rate", "extra_prefill_asr") if extra else ()
+    rows = [{"model": name, **{c: summary(r)[c] for c in TABLE_COLUMNS + extra_cols}, "wall_s": 0.0} for name, r in reports.items()]
     if visage:
         from core.basin import BasinConfig, safety_basin
 
@@ -506,7 +507,7 @@ def compare(pair: dict[str, ModelSpec], seed: int = 0, methods: list[str] | None
         if visage:
             record = add_visage(record, seed, stage)
         runs[name] = record["id"]
-        row = {"model": name, **{c: record["after"][c] for c in TABLE_COLUMNS}, "wall_s": record["wall_s"]}
+        row = {"model": name, **{c: record["after"][c] for c in TABLE_COLUMNS}, **{c: record["after_extra"][c] for c in extra_cols}, "wall_s": record["wall_s"]}
         if visage:
             row["visage"] = record["after"]["visage"]
         rows.append(row)
