@@ -54,7 +54,7 @@ def pair_and_update_vs_gradient(world) -> dict:
 
     t_update = median_time(update)
     obj.set(theta)
-    return {"gradient_s": t_grad, "pair_s": t_pair, "update_s": t_update, "pairs": len(pairs), "params": theta.numel(),
+    return {"examples": len(batch), "gradient_s": t_grad, "pair_s": t_pair, "update_s": t_update, "pairs": len(pairs), "params": theta.numel(),
             "pair_ratio": t_pair / t_grad, "update_ratio": t_update / t_grad}
 
 
@@ -64,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
     world = build_world(WorldConfig(), Progress(stderr_bar))
     a = pair_and_update_vs_gradient(world)
-    print(f"(a) one L-BFGS pair {a['pair_s']:.2f}s = {a['pair_ratio']:.2f}x one gradient ({a['gradient_s']:.2f}s, 16 examples, {a['params']:,} LoRA params); "
+    print(f"(a) one L-BFGS pair {a['pair_s']:.2f}s = {a['pair_ratio']:.2f}x one gradient ({a['gradient_s']:.2f}s, {a['examples']} examples, {a['params']:,} LoRA params); "
           f"one influence update over {a['pairs']} pairs {a['update_s'] * 1000:.1f} ms = {a['update_ratio']:.4f}x")
     out = {"a": a}
     if not args.skip_methods:
