@@ -33,6 +33,7 @@ from core.loss import encode  # noqa: E402
 from core.models import load_model, load_tokenizer  # noqa: E402
 from core.progress import Progress  # noqa: E402
 from core.world import WorldConfig, build_world  # noqa: E402
+from bench.timing import median_time  # noqa: E402
 
 
 def landscape_throughput(world, grid: int = 5) -> dict:
@@ -59,14 +60,6 @@ def hvp_vs_gradient(world) -> dict:
     op = HessianOperator(model, params, [encode(tok, safety_probe("curvature", 0)[:8])])
     v = np.random.default_rng(0).standard_normal(op.size)
     op.gradient(), op.matvec(v)  # warm-up
-
-    def median_time(fn, reps: int = 3) -> float:
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return float(np.median(times))
 
     t_grad = median_time(op.gradient)
     t_hvp = median_time(lambda: op.matvec(v))

@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -25,15 +23,7 @@ from core.models import load_model, load_tokenizer  # noqa: E402
 from core.progress import Progress, stderr_bar  # noqa: E402
 from core.restore import compare, restoration_data  # noqa: E402
 from core.world import WorldConfig, build_world  # noqa: E402
-
-
-def median_time(fn, reps: int = 3) -> float:
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+from bench.timing import median_time  # noqa: E402
 
 
 def pair_and_update_vs_gradient(world) -> dict:
