@@ -15,7 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.influence import InfluenceConfig, LoraObjective, curvature_pairs, lbfgs_direction  # noqa: E402
