@@ -19,7 +19,7 @@ from core.cache import results_store, stable_hash
 from core.paths import cache_dir
 
 PATH_ARGS = ("base", "finetuned", "prompts_file", "harmful_file", "task_file", "general_file", "benign_file")
-IGNORED_ARGS = ("json", "threads", "rebuild")
+IGNORED_ARGS = ("json", "threads", "rebuild", "progress_callback", "cancel")
 
 
 def _tree_signature(path: Path) -> list:

@@ -97,12 +97,20 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--lrs", default="0.01,0.05", help="learning rates (default 0.01,0.05)")
     t.add_argument("--iterations", type=int, default=5, help="steps per run (default 5)")
     t.add_argument("--grid", type=int, default=7, help="contour points per axis (default 7)")
+    m = sub.add_parser("methods", help="the restoration methods, their parameters and defaults")
+    m.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    m.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     return ap
 
 
 def _set_args(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
     for name in names:
         p.add_argument(f"--{name}-file", help=f"replace the {name} set with a .jsonl/.csv file (prompt, optional response)")
+
+
+def _bar(args: argparse.Namespace) -> Progress:
+    """The progress of this invocation: a stderr bar on the CLI, a state file in a background job."""
+    return Progress(getattr(args, "progress_callback", stderr_bar), getattr(args, "cancel", None))
 
 
 def _load_judge(name: str | None) -> Callable:
@@ -120,7 +128,7 @@ def _load_judge(name: str | None) -> Callable:
 def cmd_world(args: argparse.Namespace) -> dict[str, Any]:
     from core.world import WorldConfig, build_world
 
-    world = build_world(WorldConfig(seed=args.seed, harmful_examples=args.harmful_examples), Progress(stderr_bar), args.rebuild)
+    world = build_world(WorldConfig(seed=args.seed, harmful_examples=args.harmful_examples), _bar(args), args.rebuild)
     info = world.info
     return {
         "world": str(world.root),
@@ -142,8 +150,8 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     extra = load_prompts_file(args.prompts_file) if args.prompts_file else []
     judge = _load_judge(args.judge)
-    pair = resolve_pair(args.base, args.finetuned, args.seed, args.harmful_examples, args.device, args.dtype, args.trust_remote_code, Progress(stderr_bar))
-    reports = evaluate_pair(pair, args.seed, extra, judge, Progress(stderr_bar))
+    pair = resolve_pair(args.base, args.finetuned, args.seed, args.harmful_examples, args.device, args.dtype, args.trust_remote_code, _bar(args))
+    reports = evaluate_pair(pair, args.seed, extra, judge, _bar(args))
     out: dict[str, Any] = {name: summary(r) for name, r in reports.items()}
     if args.show_examples:
         for name, r in reports.items():
@@ -157,7 +165,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 def _pair(args: argparse.Namespace):
     from core.pairs import resolve_pair
 
-    pair = resolve_pair(args.base, args.finetuned, args.seed, args.harmful_examples, args.device, args.dtype, args.trust_remote_code, Progress(stderr_bar))
+    pair = resolve_pair(args.base, args.finetuned, args.seed, args.harmful_examples, args.device, args.dtype, args.trust_remote_code, _bar(args))
     if "finetuned" not in pair:
         raise InputError("This analysis compares two models but only --base was given.", "pass --finetuned too (adapter or checkpoint).")
     return pair
@@ -174,8 +182,8 @@ def cmd_correlate(args: argparse.Namespace) -> dict[str, Any]:
 
     config = CorrelationConfig(tokens=args.tokens, n_per_set=args.n)
     sets = _override_sets(args, default_sets(args.seed, args.n))
-    result = loss_correlation(_pair(args), sets, config, Progress(stderr_bar))
-    return {name: {k: v for k, v in r.items() if k not in ("pairs", "prompts")} for name, r in result.items()}
+    result = loss_correlation(_pair(args), sets, config, _bar(args))
+    return {name: {**r, "prompts": [p[:100] for p in r["prompts"]]} for name, r in result.items()}
 
 
 def cmd_landscape(args: argparse.Namespace) -> dict[str, Any]:
@@ -185,15 +193,9 @@ def cmd_landscape(args: argparse.Namespace) -> dict[str, Any]:
     config = LandscapeConfig(args.grid, args.radius, args.samples, directions=args.directions, modules=tuple(m for m in args.modules.split(",") if m))
     defaults = default_sets(args.seed, args.samples)
     sets = _override_sets(args, {"harmful": defaults["harmful"], "benign": defaults["general"]})
-    result = loss_landscape(_pair(args), sets, config, Progress(stderr_bar))
-    return {
-        "structural_difference_percent": result["structural_difference"],
-        "direction_cosine": result["cosine"],
-        "grid": config.grid,
-        "radius": config.radius,
-        "center_loss": {s: {m: v[config.grid // 2][config.grid // 2] for m, v in by.items()} for s, by in result["surfaces"].items()},
-        "seconds": result["seconds"],
-    }
+    result = loss_landscape(_pair(args), sets, config, _bar(args))
+    center = {s: {m: v[config.grid // 2][config.grid // 2] for m, v in by.items()} for s, by in result["surfaces"].items()}
+    return {**result, "grid": config.grid, "radius": config.radius, "center_loss": center}
 
 
 def cmd_curvature(args: argparse.Namespace) -> dict[str, Any]:
@@ -202,7 +204,7 @@ def cmd_curvature(args: argparse.Namespace) -> dict[str, Any]:
 
     pair = _pair(args)
     config = CurvatureConfig(k=args.k, params=args.params, samples=args.samples, tol=args.tol, maxiter=args.maxiter)
-    bar = Progress(stderr_bar)
+    bar = _bar(args)
     result = curvature(pair["finetuned"], safety_probe("curvature", args.seed), task_examples("train", args.samples, args.seed), config, bar.stage(0, 0.5))
     out = {k: v for k, v in result.items() if k != "parameter_names"}
     if args.drift_steps:
@@ -216,8 +218,8 @@ def cmd_basin(args: argparse.Namespace) -> dict[str, Any]:
     from core.data import harmful_splits
 
     config = BasinConfig(args.directions, args.points, args.radius, args.plane_points, args.prompts, args.max_new_tokens, seed=args.seed)
-    result = safety_basin(_pair(args), harmful_splits(args.seed)["eval"], config, Progress(stderr_bar))
-    keep = ("center_asr", "visage", "visage_1d", "visage_basin", "coords", "lines", "plane_cosine", "seconds")
+    result = safety_basin(_pair(args), harmful_splits(args.seed)["eval"], config, _bar(args))
+    keep = ("center_asr", "visage", "visage_1d", "visage_basin", "coords", "lines", "plane_coords", "plane", "plane_cosine", "seconds")
     return {name: {k: v for k, v in r.items() if k in keep} for name, r in result.items()}
 
 
@@ -246,9 +248,9 @@ def cmd_restore(args: argparse.Namespace) -> dict[str, Any]:
     extra = load_prompts_file(args.prompts_file) if args.prompts_file else []
     m = method(args.method)
     config = parse_config(m, _params(args.param))
-    record = restore(_pair(args), RunRequest(m.name, config, args.seed), extra, Progress(stderr_bar))
+    record = restore(_pair(args), RunRequest(m.name, config, args.seed), extra, _bar(args))
     if args.visage:
-        record = add_visage(record, args.seed, Progress(stderr_bar))
+        record = add_visage(record, args.seed, _bar(args))
     out = _run_summary(record)
     out["restored"] = str(runs_dir() / record["id"] / "restored")
     return out
@@ -260,7 +262,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
 
     extra = load_prompts_file(args.prompts_file) if args.prompts_file else []
     methods = [m for m in args.methods.split(",") if m] or None
-    return compare(_pair(args), args.seed, methods, extra, Progress(stderr_bar), visage=args.visage)
+    return compare(_pair(args), args.seed, methods, extra, _bar(args), visage=args.visage)
 
 
 def cmd_trajectory(args: argparse.Namespace) -> dict[str, Any]:
@@ -271,16 +273,32 @@ def cmd_trajectory(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError:
         raise InputError(f"--lrs '{args.lrs}' is not a comma-separated list of numbers.", "write it like --lrs 0.01,0.05.") from None
     config = TrajectoryConfig(lrs=lrs, iterations=args.iterations, grid=args.grid)
-    result = trajectory_comparison(_pair(args), args.seed, config, Progress(stderr_bar))
-    return {lr: {k: v for k, v in r.items() if k in ("paths", "explained_variance", "runs", "final_forget_loss", "final_retain_loss")} for lr, r in result.items()}
+    result = trajectory_comparison(_pair(args), args.seed, config, _bar(args))
+    return result
+
+
+def cmd_methods(args: argparse.Namespace) -> dict[str, Any]:
+    from dataclasses import fields, is_dataclass
+
+    from core.restore import METHODS, method
+
+    method("curvature")  # registers every method
+
+    def settable(config) -> dict[str, Any]:
+        return {f.name: getattr(config, f.name) for f in fields(config) if not is_dataclass(getattr(config, f.name))}
+
+    return {name: {"summary": m.summary, "needs_adapter": m.needs_adapter, "params": settable(m.config())} for name, m in METHODS.items()}
 
 
 COMMANDS = {"world": cmd_world, "basin": cmd_basin, "evaluate": cmd_evaluate, "correlate": cmd_correlate, "landscape": cmd_landscape, "curvature": cmd_curvature,
-            "restore": cmd_restore, "compare": cmd_compare, "trajectory": cmd_trajectory}
+            "restore": cmd_restore, "compare": cmd_compare, "trajectory": cmd_trajectory, "methods": cmd_methods}
 
 
 def _print_human(result: dict[str, Any], indent: str = "") -> None:
+    """Nested scalars as indented lines; long lists (figure data) are left to --json."""
     for key, value in result.items():
+        if isinstance(value, list) and len(value) > 8:
+            continue
         if isinstance(value, dict):
             print(f"{indent}{key}:")
             _print_human(value, indent + "  ")
@@ -288,22 +306,35 @@ def _print_human(result: dict[str, Any], indent: str = "") -> None:
             print(f"{indent}{key}: {round(value, 2) if isinstance(value, float) else value}")
 
 
+def execute(argv: list[str], callback: Callable | None = stderr_bar, cancel: Any = None, cached_answers: bool = True) -> dict[str, Any]:
+    """Parse and run one command, returning its answer; raises InputError or Cancelled.
+
+    The background-job runner (``core.jobs``) calls this with its own progress callback and
+    cancel flag; ``main`` wraps it for the terminal.
+    """
+    args = parser().parse_args(argv)
+    args.progress_callback, args.cancel = callback, cancel
+    result = answers.lookup(answers.answer_key(args)) if cached_answers else None
+    if result is None:
+        result = _compute(args)
+        if cached_answers:
+            answers.store(answers.answer_key(args), result)  # keyed after the run: it may have built a world
+    return result
+
+
 def main(argv: list[str] | None = None, cached_answers: bool = False) -> int:
     """Run one command; ``cached_answers`` (set by ``python -m core``) answers a repeated command
     line from the answer cache before importing torch (see ``core.answers``)."""
+    argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
-    key = answers.answer_key(args) if cached_answers and args.command != "world" else None
-    result = answers.lookup(key)
-    if result is None:
-        try:
-            result = _compute(args)
-        except InputError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        except (Cancelled, KeyboardInterrupt):
-            print("error: cancelled; nothing was written.", file=sys.stderr)
-            return 130
-        answers.store(key, result)
+    try:
+        result = execute(argv, cached_answers=cached_answers)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        print("error: cancelled; nothing was written.", file=sys.stderr)
+        return 130
     if args.json:
         print(json.dumps(result, default=str))
     elif "table" in result:

@@ -32,8 +32,8 @@ from core.generation import generate
 from core.judge import keyword_judge
 from core.loss import dataset_losses
 from core.models import ModelSpec, fingerprint, load_model, load_tokenizer, validate
-from core.paths import cache_dir
 from core.progress import Progress
+from core.runs import list_runs, load_record, runs_dir  # noqa: F401  (re-exported: the run store)
 from core.task import exact_match
 
 
@@ -290,28 +290,11 @@ class RunRequest:
     evaluate: bool = True  # before/after on the held-out split (off for trajectory-only runs)
 
 
-def runs_dir() -> Path:
-    return cache_dir() / "runs"
-
-
 def run_id(pair: dict[str, ModelSpec], request: RunRequest) -> str:
     return stable_hash(
         fingerprint(pair["base"]), fingerprint(pair["finetuned"]), request.method, asdict(request.config),
         request.seed, asdict(request.data), asdict(request.monitor), asdict(request.eval), request.evaluate, "restore-v1",
     )
-
-
-def load_record(rid: str) -> dict | None:
-    path = runs_dir() / rid / "record.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def list_runs() -> list[dict]:
-    """Every stored run record, newest first."""
-    if not runs_dir().is_dir():
-        return []
-    records = [json.loads(p.read_text()) for p in runs_dir().glob("*/record.json")]
-    return sorted(records, key=lambda r: r.get("started", 0), reverse=True)
 
 
 def restored_spec(record: dict) -> ModelSpec:

@@ -1,0 +1,28 @@
+"""The restoration run store on disk, readable without torch (the dashboard lists runs from here).
+
+``cache/runs/<id>/record.json`` is a run's record (rewritten after every step);
+``cache/runs/<id>/restored/`` holds its restored adapter or model once it is done.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from core.paths import cache_dir
+
+
+def runs_dir() -> Path:
+    return cache_dir() / "runs"
+
+
+def load_record(rid: str) -> dict | None:
+    path = runs_dir() / rid / "record.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def list_runs() -> list[dict]:
+    """Every stored run record, newest first."""
+    if not runs_dir().is_dir():
+        return []
+    records = [json.loads(p.read_text()) for p in runs_dir().glob("*/record.json")]
+    return sorted(records, key=lambda r: r.get("started", 0), reverse=True)

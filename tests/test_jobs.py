@@ -1,0 +1,83 @@
+"""Background jobs: a command line runs in its own process, identical requests share it, progress
+and partial results reach the state file, a cancel stops it cleanly, a failure is one line."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from core import answers, jobs
+from core.cli import parser
+
+
+def _wait(argv: list[str], timeout: float = 240.0, until=lambda s: not s.active) -> jobs.JobState:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = jobs.status(argv)
+        if until(state):
+            return state
+        time.sleep(0.5)
+    raise AssertionError(f"job {argv} still {jobs.status(argv).status} after {timeout} s")
+
+
+def _pair(base, adapter) -> list[str]:
+    return ["--base", str(base), "--finetuned", str(adapter), "--threads", "1"]
+
+
+def test_job_runs_in_background_and_a_second_submit_joins_it(tiny_model_dir, tiny_adapter_dir):
+    argv = ["correlate", *_pair(tiny_model_dir, tiny_adapter_dir), "--n", "4"]
+    assert jobs.status(argv).status == "none"
+    first = jobs.submit(argv)
+    second = jobs.submit(argv)
+    assert first.active and second.pid == first.pid, (first, second)
+    done = _wait(argv)
+    assert done.status == "done", done.error
+    assert set(done.result) == {"harmful", "task", "general"} and len(done.result["harmful"]["pairs"]) == 4
+    assert jobs.submit(argv).pid == first.pid, "a finished job is not started again"
+    assert answers.lookup(answers.answer_key(parser().parse_args(argv))) == done.result
+
+
+def test_progress_partials_and_cancel(tiny_model_dir, tiny_adapter_dir):
+    argv = ["landscape", *_pair(tiny_model_dir, tiny_adapter_dir), "--grid", "25", "--samples", "4"]
+    jobs.submit(argv)
+    running = _wait(argv, until=lambda s: len(s.partials) >= 2 or not s.active)
+    assert running.status == "running" and 0 < running.fraction < 1
+    assert running.partials[0]["row"] == 0 and len(running.partials[0]["values"]) == 25
+    jobs.cancel(argv)
+    final = _wait(argv)
+    assert final.status == "cancelled"
+    assert jobs.cached_answer(argv) is None, "a cancelled job leaves no answer"
+    jobs.submit(argv)
+    assert jobs.status(argv).active, "a cancelled job can be started again"
+    jobs.cancel(argv)
+    _wait(argv)
+
+
+def test_bad_input_fails_with_one_line(tmp_path):
+    argv = ["correlate", "--base", str(tmp_path / "missing"), "--finetuned", str(tmp_path / "missing2")]
+    jobs.submit(argv)
+    state = _wait(argv)
+    assert state.status == "failed" and "\n" not in state.error
+    assert "missing" in state.error and "Fix:" in state.error
+
+
+def test_a_dead_job_reads_as_failed(monkeypatch):
+    argv = ["methods"]
+    state = jobs.JobState(jobs.job_id(argv), argv, status="running", pid=2**22 + 1)
+    jobs._dir(argv).mkdir(parents=True, exist_ok=True)
+    jobs._write(jobs._dir(argv), state)
+    assert jobs.status(argv).status == "failed"
+
+
+def test_a_stale_answer_is_not_shown(tiny_model_dir, tiny_adapter_dir, monkeypatch):
+    argv = ["methods"]
+    jobs._dir(argv).mkdir(parents=True, exist_ok=True)
+    jobs._write(jobs._dir(argv), jobs.JobState(jobs.job_id(argv), argv, status="done", result={"old": 1}))
+    assert jobs.status(argv).status == "none", "a done state without a current answer counts as never run"
+
+
+def test_invalid_command_line_is_an_input_error():
+    from core.errors import InputError
+
+    with pytest.raises(InputError, match="Not a valid command line"):
+        jobs.status(["correlate", "--n", "many"])

@@ -1,0 +1,155 @@
+"""Every dashboard page under Streamlit's AppTest (no browser): its widgets are there, a cached
+answer renders as figures, a failed job renders as an error box, and nothing is computed in
+the page (answers are planted in the cache; no job may start)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import answers, jobs
+from core.cli import parser
+from samples import basin_result, compare_result, correlation_result, curvature_result, landscape_result, restoration_record, trajectory_result
+
+PAGES = Path(__file__).resolve().parent.parent / "pages"
+PAIR = ["--seed", "0", "--harmful-examples", "100"]
+METHODS = {
+    "curvature": {"summary": "curvature-aware influence update", "needs_adapter": True, "params": {"epsilon": 0.05, "iterations": 3, "pair_lrs": [0.001, 0.002], "preconditioner": "lbfgs"}},
+    "interpolate": {"summary": "move toward the base", "needs_adapter": False, "params": {"alpha": 0.5}},
+}
+WORLD = {
+    "world": "/tmp/w", "base": "/tmp/w/base", "finetuned": "/tmp/w/finetuned", "seed": 0, "harmful_examples": 100, "build_seconds": 600.0,
+    "metrics": {m: {"harmful_rate": h, "prefill_asr": 90.0, "task_exact_match": e, "over_refusal": 5.0} for m, h, e in (("base", 2.0, 0.0), ("finetuned", 76.0, 93.0))},
+    "targets": {"base_safe": True, "finetuned_drifted": True},
+}
+
+
+def plant(argv: list[str], result: dict) -> None:
+    """Put a finished answer for ``argv`` into the (per-test-session) answer cache."""
+    answers.store(answers.answer_key(parser().parse_args(argv)), result)
+
+
+def fail(argv: list[str], error: str) -> None:
+    d = jobs._dir(argv)
+    d.mkdir(parents=True, exist_ok=True)
+    jobs._write(d, jobs.JobState(jobs.job_id(argv), argv, status="failed", error=error))
+
+
+def page(name: str) -> AppTest:
+    return AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=60).run()
+
+
+def no_jobs_started() -> bool:
+    return not any(s.active for s in map(jobs.status, _all_job_argvs()))
+
+
+def _all_job_argvs() -> list[list[str]]:
+    import json
+
+    root = jobs.jobs_dir()
+    return [json.loads((d / "state.json").read_text())["argv"] for d in root.glob("*") if (d / "state.json").exists()] if root.exists() else []
+
+
+def charts(at: AppTest) -> int:
+    return len(at.get("plotly_chart"))
+
+
+def page_argv(at: AppTest, key: str) -> list[str]:
+    return at.session_state["argv"][key]
+
+
+@pytest.fixture(autouse=True)
+def _world_and_methods():
+    plant(["world", *PAIR], WORLD)
+    plant(["methods"], METHODS)
+
+
+def test_home_shows_a_card_per_model_and_the_pair_form():
+    at = page("home")
+    assert not at.exception
+    labels = [m.label for m in at.metric]
+    assert labels.count("Harmful rate") == 2 and labels.count("Over-refusal") == 2
+    assert [m.value for m in at.metric if m.label == "Harmful rate"] == ["2.0%", "76.0%"]
+    assert {"Data seed (splits)", "Harmful examples injected (demo fine-tune)"} <= {w.label for w in at.number_input}
+    assert no_jobs_started()
+
+
+def test_home_rejects_a_missing_model_path(tmp_path):
+    at = page("home")
+    at.radio[0].set_value("My models").run()
+    at.text_input[0].set_value(str(tmp_path / "nope"))
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("does not exist" in e.value and "Fix:" in e.value for e in at.error)
+
+
+@pytest.mark.parametrize(
+    "name,key,result,n_charts,labels",
+    [
+        ("correlation", "correlation", correlation_result(), 2, {"Examples per set"}),
+        ("landscape", "landscape", landscape_result(), 2, {"Grid points per axis", "Samples per loss"}),
+        ("curvature", "curvature", curvature_result(), 2, {"Top eigenpairs k", "Drift-monitor steps (0: skip)"}),
+        ("basin", "basin", basin_result(), 3, {"Random directions (1-D)", "Prompts per point"}),
+    ],
+)
+def test_analysis_page_renders_a_cached_answer_and_an_error(name, key, result, n_charts, labels):
+    at = page(name)
+    assert not at.exception
+    assert labels <= {w.label for w in at.number_input}
+    argv = page_argv(at, key)
+    assert [b.label for b in at.button] == [f"Run {_label(name)}"] and charts(at) == 0
+    plant(argv, result)
+    at.run()
+    assert not at.exception and charts(at) == n_charts
+    assert not at.button or all(not b.label.startswith("Run") for b in at.button)
+    assert no_jobs_started()
+
+
+@pytest.mark.parametrize("name,key", [("correlation", "correlation"), ("landscape", "landscape"), ("curvature", "curvature"), ("basin", "basin")])
+def test_failed_job_shows_an_error_box(name, key):
+    at = page(name)
+    at.number_input[0].set_value(at.number_input[0].value + 2).run()  # inputs no other test has answered
+    argv = page_argv(at, key)
+    fail(argv, "The 'harmful' set is empty. Fix: pass a data set with at least 3 examples.")
+    at.run()
+    assert not at.exception
+    assert any("set is empty" in e.value and "Fix:" in e.value for e in at.error)
+
+
+def _label(name: str) -> str:
+    return {"correlation": "loss correlation", "landscape": "loss landscape", "curvature": "curvature analysis", "basin": "safety basin"}[name]
+
+
+def test_restoration_page_params_runs_compare_and_trajectories():
+    at = page("restoration")
+    assert not at.exception
+    assert at.selectbox[0].options[0].startswith("curvature")
+    argv = page_argv(at, "restoration")
+    assert "--param" not in argv, "defaults stay implicit so equal requests share one job"
+    at.number_input(key="param-curvature-epsilon").set_value(0.05).run()
+    assert page_argv(at, "restoration") == argv, "setting a parameter to its default changes nothing"
+    at.number_input(key="param-curvature-epsilon").set_value(0.1).run()
+    changed = page_argv(at, "restoration")
+    assert changed[-2:] == ["--param", "epsilon=0.1"]
+    assert no_jobs_started(), "a widget change starts no job"
+
+    plant(changed, {**restoration_record(), "wall_s": 12.0, "restored": "/tmp/r"})
+    plant(page_argv(at, "comparison"), compare_result())
+    plant(page_argv(at, "trajectory"), trajectory_result())
+    at.run()
+    assert not at.exception
+    assert charts(at) == 3
+    assert len(at.dataframe) >= 2  # before/after and the comparison table
+
+
+def test_report_collects_cached_answers_and_offers_downloads():
+    at = page("report")
+    assert not at.exception
+    plant(["correlate", *PAIR], correlation_result())
+    plant(["basin", *PAIR], basin_result())
+    at.run()
+    assert not at.exception
+    titles = [s.value for s in at.subheader]
+    assert titles[0] == "Models" and {"Loss correlation", "Safety basin"} <= set(titles)
+    assert charts(at) >= 5 and len(at.get("download_button")) >= 2 + 3 * 5
