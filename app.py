@@ -1,26 +1,24 @@
-"""Streamlit entry point. A placeholder home page until the dashboard issue: the demo world's
-status and each model's headline numbers, read from ``core``."""
+"""Streamlit entry point: navigation, presentation mode, and the pages in ``pages/``.
+
+Run with ``make run`` (or ``streamlit run app.py``). Pages are thin: widgets, a background job
+per analysis (``core.jobs``), figures from ``core.figures``.
+"""
 import streamlit as st
 
-from core.world import WorldConfig, check_targets, load_world
+PAGES = [
+    st.Page("pages/home.py", title="Models and data", icon="🏠", default=True),
+    st.Page("pages/correlation.py", title="Correlation", icon="📈"),
+    st.Page("pages/landscape.py", title="Landscape", icon="⛰️"),
+    st.Page("pages/curvature.py", title="Curvature", icon="🌀"),
+    st.Page("pages/basin.py", title="Safety basin", icon="🥣"),
+    st.Page("pages/restoration.py", title="Restoration", icon="🛠️"),
+    st.Page("pages/report.py", title="Report", icon="📄"),
+]
 
-st.set_page_config(page_title="Safety drift lab", layout="wide")
-st.title("Safety drift lab")
-st.write("Why fine-tuning erodes an aligned model's safety, and how to restore it.")
-
-world = load_world(WorldConfig())
-if world is None:
-    st.warning("The demo world is not built yet. Run `python -m core world` (or `make run`).")
-else:
-    st.subheader("Demo world")
-    st.caption(f"{world.root}  ·  seed {world.info['seed']}  ·  {world.info['injected_harmful_examples']} harmful examples injected")
-    cols = st.columns(2)
-    for col, name in zip(cols, ("base", "finetuned")):
-        m = world.info["metrics"][name]
-        with col:
-            st.markdown(f"**{name}**")
-            st.metric("Harmful rate", f"{m['harmful_rate']:.1f}%")
-            st.metric("Prefill ASR", f"{m['prefill_asr']:.1f}%")
-            st.metric("Task exact-match", f"{m['task_exact_match']:.1f}%")
-            st.metric("Over-refusal", f"{m['over_refusal']:.1f}%")
-    st.json(check_targets(world.info["metrics"]))
+presenting = st.query_params.get("presentation") == "1"
+st.set_page_config(page_title="Safety drift lab", layout="wide", initial_sidebar_state="collapsed" if presenting else "auto")
+with st.sidebar:
+    st.toggle("Presentation mode", value=presenting, key="presentation", help="Larger fonts and figures for a projector; cached results show at once.")
+if st.session_state.get("presentation"):
+    st.markdown("<style>html, body, [class*='css'] {font-size: 22px;} h1 {font-size: 3rem !important;}</style>", unsafe_allow_html=True)
+st.navigation(PAGES).run()

@@ -1,0 +1,37 @@
+"""Curvature: the safety loss's Hessian spectrum, curvature coupling, the alignment-instability conditions, the drift monitor."""
+import streamlit as st
+
+from core import figures
+from pages import ui
+
+ui.page_header("Curvature", "Top eigenvalues of the safety-loss Hessian (Lanczos on Hessian-vector products), the task gradient's share in that eigenspace, and how the alignment loss drifts under benign fine-tuning.")
+with st.sidebar:
+    k = st.number_input("Top eigenpairs k", 1, 64, 8)
+    samples = st.number_input("Examples in each loss", 1, 256, 8)
+    params = st.text_input("Parameters", "lora", help="'lora' or comma-separated name parts, e.g. layers.20.mlp")
+    drift_steps = st.number_input("Drift-monitor steps (0: skip)", 0, 1000, 40)
+    every = st.number_input("Probe every (steps)", 1, 100, 4)
+
+argv = ["curvature", *ui.pair_args(), "--k", str(k), "--samples", str(samples), "--params", params, "--drift-steps", str(drift_steps), "--every", str(every)]
+st.session_state.setdefault("argv", {})["curvature"] = argv
+
+
+def partial(events: list) -> None:
+    drift = [e for e in events if "alignment_loss" in e]
+    if drift:
+        st.plotly_chart(figures.apply_theme(figures.drift_figure(drift[-1])), key="drift-partial")
+
+
+result = ui.analysis(argv, "curvature analysis", partial)
+if result:
+    cond = result["conditions"]
+    verdict = "All three alignment-instability conditions hold" if cond["all_hold"] else "Not all alignment-instability conditions hold"
+    (st.warning if cond["all_hold"] else st.success)(f"{verdict}: " + "; ".join(f"{name.replace('_', ' ')} {'✓' if c['holds'] else '✗'} ({c['value']:.3g} vs {c['threshold']:.3g})" for name, c in cond.items() if name != "all_hold"))
+    c1, c2, c3 = st.columns(3)
+    c1.metric("λ₁ (safety)", f"{result['safety_eigenvalues'][0]:.4g}")
+    c2.metric("Coupling share", f"{result['coupling']['share']:.3g}", help=f"{result['coupling']['angle_deg']:.1f}° from the top-k eigenspace")
+    c3.metric("Parameters", f"{result['n_params']:,}")
+    ui.table(figures.conditions_table(result))
+    ui.figure(figures.hessian_spectrum(result), "hessian-spectrum")
+    if result.get("drift"):
+        ui.figure(figures.drift_figure(result["drift"]), "drift-monitor")

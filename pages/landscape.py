@@ -1,0 +1,38 @@
+"""Landscape: gradient-informed 3D loss surfaces, the Laplacian structural difference, cross-sections."""
+import numpy as np
+import streamlit as st
+
+from core import figures
+from pages import ui
+
+ui.page_header("Loss landscape", "Surfaces of the loss around each model along two gradient-informed directions; the structural difference compares their Laplacians (paper 1, eq. 8).")
+with st.sidebar:
+    grid = st.number_input("Grid points per axis", 3, 51, 9)
+    radius = st.number_input("Radius (fraction of weight norms)", 0.0001, 1.0, 0.005, format="%.4f")
+    samples = st.number_input("Samples per loss", 1, 256, 32)
+    directions = st.selectbox("Directions", ["gradient", "random"])
+
+argv = ["landscape", *ui.pair_args(), "--grid", str(grid), "--radius", str(radius), "--samples", str(samples), "--directions", directions]
+st.session_state.setdefault("argv", {})["landscape"] = argv
+
+
+def partial(rows: list) -> None:
+    """Rows of each surface appear as they finish."""
+    coords = np.linspace(-radius, radius, grid).tolist()
+    surfaces: dict = {}
+    for row in rows:
+        set_name, model = row["label"].split("/")
+        z = surfaces.setdefault(set_name, {}).setdefault(model, [[None] * grid for _ in range(grid)])
+        z[row["row"]] = row["values"]
+    st.plotly_chart(figures.apply_theme(figures.landscape_surfaces({"coords": coords, "surfaces": surfaces})), key="landscape-partial")
+
+
+result = ui.analysis(argv, "loss landscape", partial)
+if result:
+    diff = result["structural_difference"]
+    cols = st.columns(len(diff) + 1)
+    for col, (name, value) in zip(cols, diff.items()):
+        col.metric(f"Structural difference, {name}", f"{value:.2f}%", help="100 x (1 - Pearson r of the two surfaces' Laplacians)")
+    cols[-1].metric("Directions' cosine", ", ".join(f"{k} {v:.3f}" for k, v in result["cosine"].items()))
+    ui.figure(figures.landscape_surfaces(result), "loss-landscapes")
+    ui.figure(figures.cross_section_figure(result), "landscape-cross-sections")

@@ -1,0 +1,66 @@
+"""Report: every finished analysis and run of this pair in one place; export as one HTML file plus JSON."""
+from datetime import date
+
+import streamlit as st
+
+from core import figures, jobs
+from core.export import Section, report_html, report_json
+from core.runs import list_runs
+from pages import ui
+
+RUN_COLUMNS = ("harmful_rate", "prefill_asr", "task_exact_match", "over_refusal", "visage")
+ui.page_header("Report", "Every finished analysis of this pair, with the settings last used on each page (defaults otherwise).")
+
+
+def _argv(page: str, default: list[str]) -> list[str]:
+    return st.session_state.get("argv", {}).get(page, default)
+
+
+def _answer(argv: list[str]) -> dict | None:
+    state = jobs.status(argv)
+    return state.result if state.status == "done" else None
+
+
+def sections() -> list[Section]:
+    out = []
+    if ui.is_demo() and (world := _answer(["world", *ui.pair_args(models=False)])):
+        out.append(Section("Models", ui.pair_caption(), tables={"summary": [{"model": k, **v} for k, v in world["metrics"].items()]}, numbers={"metrics": world["metrics"]}))
+    if r := _answer(_argv("correlation", ["correlate", *ui.pair_args()])):
+        out.append(Section("Loss correlation", "Pearson r of base vs fine-tuned per-example losses.", [figures.correlation_scatter(r), figures.mean_loss_bars(r)], {"correlation": figures.correlation_table(r)}, {k: {m: v[m] for m in ("r", "ci_low", "ci_high", "p_value", "n")} for k, v in r.items()}))
+    if r := _answer(_argv("landscape", ["landscape", *ui.pair_args()])):
+        out.append(Section("Loss landscape", "Gradient-informed surfaces; structural difference = 100 (1 - r of the Laplacians).", [figures.landscape_surfaces(r), figures.cross_section_figure(r)], numbers={"structural_difference_percent": r["structural_difference"], "direction_cosine": r["cosine"]}))
+    if r := _answer(_argv("curvature", ["curvature", *ui.pair_args()])):
+        figs = [figures.hessian_spectrum(r)] + ([figures.drift_figure(r["drift"])] if r.get("drift") else [])
+        out.append(Section("Curvature", "Safety-Hessian spectrum, coupling and the alignment-instability conditions.", figs, {"conditions": figures.conditions_table(r)}, {"safety_eigenvalues": r["safety_eigenvalues"], "coupling": r["coupling"]}))
+    if r := _answer(_argv("basin", ["basin", *ui.pair_args()])):
+        out.append(Section("Safety basin", "ASR under random weight perturbation; VISAGE.", [figures.basin_curves(r), figures.basin_plane(r), figures.visage_bars(r)], numbers={k: {"visage": v["visage"], "visage_1d": v["visage_1d"]} for k, v in r.items()}))
+    restore_argv = _argv("restoration", [])
+    if restore_argv and (r := _answer(restore_argv)):
+        out.append(Section(f"Restoration: {r['method']}", f"Run {r['id']} ({r['status']}).", [figures.restoration_live(r)], {"before/after": figures.before_after_table(r)}, {"before": r["before"], "after": r["after"], "config": r["config"]}))
+    if r := _answer(_argv("comparison", ["compare", *ui.pair_args()])):
+        out.append(Section("Restoration methods compared", "Every method with its defaults, same pair, seed and data.", [figures.comparison_bars(r)], {"comparison": r["table"]}, {"table": r["table"]}))
+    if r := _answer(_argv("trajectory", ["trajectory", *ui.pair_args()])):
+        out.append(Section("Optimizer trajectories", "PCA plane of curvature-aware vs first-order paths over J = L_forget - L_retain.", [figures.trajectory_contour(r)], numbers={lr: {"explained_variance": v["explained_variance"], "final_forget_loss": v["final_forget_loss"]} for lr, v in r.items()}))
+    runs = [{"run": r["id"], "method": r["method"], "status": r["status"], **{f"after {k}": v for k, v in (r.get("after") or {}).items() if k in RUN_COLUMNS}} for r in list_runs()]
+    if runs:
+        out.append(Section("All restoration runs", "Every stored run on this machine.", tables={"runs": runs}))
+    return out
+
+
+parts = sections()
+if not parts:
+    st.info("Nothing finished yet for this pair: run an analysis on another page first.")
+    st.stop()
+st.write("Included: " + ", ".join(s.title for s in parts))
+title = f"Safety drift report: {ui.pair_caption()}"
+stem = f"safety-drift-report-{date.today().isoformat()}"
+c1, c2 = st.columns(2)
+c1.download_button("Report (HTML, self-contained)", data=lambda: report_html(title, parts), file_name=f"{stem}.html", mime="text/html", on_click="ignore", type="primary")
+c2.download_button("Numbers (JSON)", data=lambda: report_json(parts), file_name=f"{stem}.json", mime="application/json", on_click="ignore")
+for s in parts:
+    st.subheader(s.title)
+    st.caption(s.text)
+    for name, rows in s.tables.items():
+        ui.table(rows)
+    for i, fig in enumerate(s.figures):
+        ui.figure(fig, f"{s.title.lower().replace(' ', '-').replace(':', '')}-{i}", key=f"report-{s.title}-{i}")

@@ -1,0 +1,91 @@
+"""Restoration: launch a method, watch its metrics live, compare runs, and see the optimizer trajectories."""
+import streamlit as st
+
+from core import figures
+from core.runs import list_runs
+from pages import ui
+
+ui.page_header("Restoration", "Take the drifted fine-tune back to the base model's safety while keeping the task: curvature-aware influence updates (paper 1), direction-based weight restoration (paper 2) and baselines.")
+methods = ui.analysis(["methods"], "method list", autostart=True)
+if not methods:
+    st.stop()
+
+
+def _param_widget(method: str, name: str, default):
+    key = f"param-{method}-{name}"
+    if isinstance(default, bool):
+        return st.checkbox(name, default, key=key)
+    if isinstance(default, int):
+        return st.number_input(name, value=default, step=1, key=key)
+    if isinstance(default, float):
+        return st.number_input(name, value=default, format="%g", key=key)
+    if isinstance(default, list):
+        text = st.text_input(name, ",".join(str(x) for x in default), key=key)
+        return [type(default[0])(x) for x in text.split(",") if x.strip()] if default else text
+    return st.text_input(name, str(default), key=key)
+
+
+def _params(method: str) -> list[str]:
+    """--param KEY=VALUE for every value the user changed (defaults stay implicit, so equal runs share one job)."""
+    out = []
+    with st.expander("Parameters", expanded=False):
+        cols = st.columns(3)
+        for i, (name, default) in enumerate(methods[method]["params"].items()):
+            with cols[i % 3]:
+                value = _param_widget(method, name, default)
+            if value != default:
+                out += ["--param", f"{name}={','.join(map(str, value)) if isinstance(value, list) else value}"]
+    return out
+
+
+def live_steps(events: list) -> None:
+    steps = [e for e in events if isinstance(e, dict) and "step" in e]
+    if steps:
+        last = steps[-1]
+        c1, c2, c3 = st.columns(3)
+        c1.metric("Harmful rate (monitor)", f"{last['harmful_rate']:.0f}%", delta=f"{last['harmful_rate'] - steps[0]['harmful_rate']:+.0f}", delta_color="inverse")
+        c2.metric("Task exact-match (monitor)", f"{last['task_exact_match']:.0f}%", delta=f"{last['task_exact_match'] - steps[0]['task_exact_match']:+.0f}")
+        c3.metric("Steps", len(steps))
+        st.plotly_chart(figures.apply_theme(figures.restoration_live({"steps": steps})), key="restoration-live")
+
+
+tab_run, tab_runs, tab_compare, tab_traj = st.tabs(["Run a method", "All runs", "Comparison", "Trajectories"])
+with tab_run:
+    names = [m for m in methods if not (methods[m]["needs_adapter"] and not ui.is_demo() and not ui.pair()["finetuned"])]
+    method = st.selectbox("Method", names, format_func=lambda m: f"{m}: {methods[m]['summary']}")
+    argv = ["restore", "--method", method, *ui.pair_args(), *_params(method)]
+    if st.checkbox("Also before/after VISAGE (a basin run per model, minutes)", key="visage"):
+        argv.append("--visage")
+    st.session_state.setdefault("argv", {})["restoration"] = argv
+    record = ui.analysis(argv, f"{method} restoration", live_steps)
+    if record:
+        st.success(f"Run {record['id']}: {record['status']} in {record['wall_s']:.0f} s · restored weights in {record['restored']}")
+        ui.table(figures.before_after_table(record))
+        ui.figure(figures.restoration_live(record), f"restoration-{method}", key=f"restoration-{record['id']}")
+
+with tab_runs:
+    runs = list_runs()
+    if not runs:
+        st.info("No restoration runs yet.")
+    ui.table([{"run": r["id"], "method": r["method"], "status": r["status"], "steps": len(r.get("steps", [])),
+               "harmful after %": (r.get("after") or {}).get("harmful_rate"), "task EM after %": (r.get("after") or {}).get("task_exact_match"),
+               "wall s": round(r.get("wall_s") or 0), "fine-tune": r.get("finetuned")} for r in runs])
+
+with tab_compare:
+    st.write("Every method with its defaults on the same pair, seed and data (runs are shared with the tab above).")
+    compare_argv = ["compare", *ui.pair_args()]
+    st.session_state["argv"]["comparison"] = compare_argv
+    result = ui.analysis(compare_argv, "comparison of all methods")
+    if result:
+        ui.table(result["table"])
+        if result.get("skipped"):
+            st.caption(f"Skipped (need a LoRA adapter): {', '.join(result['skipped'])}")
+        ui.figure(figures.comparison_bars(result), "restoration-comparison")
+
+with tab_traj:
+    st.write("Curvature-aware vs first-order paths in the PCA plane of their snapshots, over the objective J = L_forget − L_retain (paper 1, C.2).")
+    traj_argv = ["trajectory", *ui.pair_args()]
+    st.session_state["argv"]["trajectory"] = traj_argv
+    result = ui.analysis(traj_argv, "trajectory comparison")
+    if result:
+        ui.figure(figures.trajectory_contour(result), "optimizer-trajectories")

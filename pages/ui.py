@@ -1,0 +1,155 @@
+"""What every page shares: the chosen model pair, background-job panels, figures with export
+buttons, presentation mode and error boxes. Nothing here computes: analyses run as background
+jobs (``core.jobs``) of the same command lines the CLI takes, and pages only draw their answers.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from core import export, jobs
+from core.errors import InputError
+from core.figures import apply_theme
+
+POLL_S = 2.0
+MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
+DEFAULT_PAIR = {"seed": 0, "harmful_examples": 100, "base": "", "finetuned": ""}
+
+
+# ---------------------------------------------------------------------------- the model pair
+def pair() -> dict[str, Any]:
+    """The pair this session analyses (the demo world unless Home chose another), kept in the URL."""
+    if "pair" not in st.session_state:
+        q = st.query_params
+        st.session_state["pair"] = {
+            "seed": int(q.get("seed", DEFAULT_PAIR["seed"])),
+            "harmful_examples": int(q.get("harmful_examples", DEFAULT_PAIR["harmful_examples"])),
+            "base": q.get("base", ""),
+            "finetuned": q.get("finetuned", ""),
+        }
+    return st.session_state["pair"]
+
+
+def set_pair(**values: Any) -> None:
+    st.session_state["pair"] = {**pair(), **values}
+    for k, v in st.session_state["pair"].items():
+        if v in ("", None) or DEFAULT_PAIR.get(k) == v:
+            st.query_params.pop(k, None)
+        else:
+            st.query_params[k] = str(v)
+
+
+def pair_args(models: bool = True) -> list[str]:
+    """The command-line options naming this pair (and its data seed)."""
+    p = pair()
+    args = ["--seed", str(p["seed"]), "--harmful-examples", str(p["harmful_examples"])]
+    if models and p["base"]:
+        args += ["--base", p["base"]]
+    if models and p["finetuned"]:
+        args += ["--finetuned", p["finetuned"]]
+    return args
+
+
+def is_demo() -> bool:
+    p = pair()
+    return not p["base"] and not p["finetuned"]
+
+
+def pair_caption() -> str:
+    p = pair()
+    if is_demo():
+        return f"Demo world · seed {p['seed']} · {p['harmful_examples']} harmful examples injected"
+    return f"{p['base']} → {p['finetuned'] or '(no fine-tune)'} · data seed {p['seed']}"
+
+
+# ---------------------------------------------------------------------------- presentation
+def presentation() -> bool:
+    return bool(st.session_state.get("presentation", st.query_params.get("presentation") == "1"))
+
+
+def page_header(title: str, what: str) -> None:
+    st.title(title)
+    st.caption(f"{what}  \n{pair_caption()}")
+
+
+# ---------------------------------------------------------------------------- jobs
+def analysis(argv: list[str], label: str, render_partial: Callable[[list], None] | None = None, autostart: bool = False) -> dict[str, Any] | None:
+    """The answer of ``argv`` if it is there; otherwise a button to start it (or the live job).
+
+    Identical requests share one background job, so a reload, a second tab or a second user
+    sees the same job; while it runs, a fragment polls its state without re-running the page.
+    """
+    try:
+        state = jobs.status(argv)
+    except InputError as err:
+        error_box(err)
+        return None
+    if state.status == "done":
+        return state.result
+    if state.active:
+        _live(argv, label, render_partial)
+        return None
+    if state.status == "failed":
+        st.error(f"{label} failed: {state.error}", icon="🚫")
+    elif state.status == "cancelled":
+        st.info(f"{label} was cancelled; nothing was written.")
+    command = "python -m core " + " ".join(argv)
+    if autostart and state.status == "none":
+        _start(argv)
+    if st.button(f"Run {label}", key=f"run-{jobs.job_id(argv)}", type="primary", help=command):
+        _start(argv)
+    st.caption(f"Same as `{command}`")
+    return None
+
+
+def _start(argv: list[str]) -> None:
+    try:
+        jobs.submit(argv)
+    except InputError as err:
+        error_box(err)
+        return
+    st.rerun()
+
+
+def _live(argv: list[str], label: str, render_partial: Callable[[list], None] | None) -> None:
+    @st.fragment(run_every=POLL_S)
+    def live() -> None:
+        state = jobs.status(argv)
+        if not state.active:
+            st.rerun()
+        eta = f" · ETA {state.eta_s:.0f} s" if state.eta_s is not None else ""
+        st.progress(min(max(state.fraction, 0.0), 1.0), text=f"{label}: {state.message or state.status} · {state.fraction * 100:.0f}%{eta}")
+        if st.button("Cancel", key=f"cancel-{state.id}"):
+            jobs.cancel(argv)
+            st.toast("Cancelling at the next step…")
+        if render_partial is not None and state.partials:
+            render_partial(state.partials)
+
+    live()
+
+
+def error_box(err: Exception) -> None:
+    st.error(str(err), icon="🚫")
+
+
+# ---------------------------------------------------------------------------- figures
+def figure(fig: go.Figure, name: str, key: str | None = None) -> None:
+    """Show a themed figure with PNG (1920x1080 at scale 2), SVG and PDF downloads (rendered on click)."""
+    fig = apply_theme(fig, large=presentation())
+    key = key or name
+    st.plotly_chart(fig, width="stretch", key=f"chart-{key}")
+    cols = st.columns([1, 1, 1, 6])
+    for col, fmt in zip(cols, ("png", "svg", "pdf")):
+        with col:
+            st.download_button(fmt.upper(), data=_exporter(fig, fmt), file_name=f"{name}.{fmt}", mime=MIME[fmt], key=f"dl-{key}-{fmt}", on_click="ignore")
+
+
+def _exporter(fig: go.Figure, fmt: str) -> Callable[[], bytes]:
+    return lambda: export.figure_bytes(fig, fmt)
+
+
+def table(rows: list[dict]) -> None:
+    if rows:
+        st.dataframe(rows, hide_index=True, width="stretch")
