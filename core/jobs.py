@@ -80,7 +80,7 @@ def cached_answer(argv: list[str]) -> dict[str, Any] | None:
     return answers.lookup(_key(argv))
 
 
-def _alive(pid: int | None) -> bool:
+def process_alive(pid: int | None) -> bool:
     """True while ``pid`` runs (a zombie, i.e. exited but not yet reaped, counts as gone)."""
     if not pid:
         return False
@@ -110,7 +110,7 @@ def status(argv: list[str]) -> JobState:
     state = JobState(job_id(argv), list(argv))
     if raw is not None:
         state = JobState(**{k: v for k, v in raw.items() if k in JobState.__dataclass_fields__})
-        if state.active and not _alive(state.pid):
+        if state.active and not process_alive(state.pid):
             state.status, state.error = "failed", state.error or "the job's process ended without a result (killed or out of memory?)"
     if state.active:
         return state

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -393,7 +394,7 @@ def restore(pair: dict[str, ModelSpec], request: RunRequest, extra: list[Example
         "data": asdict(request.data), "data_fingerprint": data.fingerprint(), "base": pair["base"].base,
         "finetuned": pair["finetuned"].finetuned or pair["finetuned"].base, "finetuned_spec": asdict(pair["finetuned"]),
         "models": {k: fingerprint(v) for k, v in pair.items()}, "status": "running", "steps": [],
-        "started": time.time(), "artifact": None, "notes": {}, "error": None,
+        "started": time.time(), "artifact": None, "notes": {}, "error": None, "pid": os.getpid(),
     }
     recorder = _Recorder(record, monitor, progress.stage(0.05, 0.8), getattr(request.config, "expected_steps", lambda: 10)())
     (runs_dir() / rid).mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,14 @@ def load_record(rid: str) -> dict | None:
 
 
 def list_runs() -> list[dict]:
-    """Every stored run record, newest first."""
+    """Every stored run record, newest first. A run still marked running whose process is gone
+    (killed, machine restarted) reads as ``interrupted``; restarting it recomputes it."""
+    from core.jobs import process_alive
+
     if not runs_dir().is_dir():
         return []
     records = [json.loads(p.read_text()) for p in runs_dir().glob("*/record.json")]
+    for r in records:
+        if r["status"] == "running" and not process_alive(r.get("pid")):
+            r["status"] = "interrupted"
     return sorted(records, key=lambda r: r.get("started", 0), reverse=True)

@@ -81,3 +81,16 @@ def test_invalid_command_line_is_an_input_error():
 
     with pytest.raises(InputError, match="Not a valid command line"):
         jobs.status(["correlate", "--n", "many"])
+
+
+def test_a_run_whose_process_is_gone_reads_as_interrupted():
+    import json
+    import os
+
+    from core.runs import list_runs, runs_dir
+
+    for rid, pid in (("live", os.getpid()), ("gone", 2**22 + 1)):
+        (runs_dir() / rid).mkdir(parents=True, exist_ok=True)
+        (runs_dir() / rid / "record.json").write_text(json.dumps({"id": rid, "status": "running", "pid": pid, "steps": []}))
+    status = {r["id"]: r["status"] for r in list_runs()}
+    assert status["live"] == "running" and status["gone"] == "interrupted"
