@@ -3,7 +3,7 @@
 Every analysis below the CLI is already memoised, but importing torch and transformers alone
 takes ~5 s on 2 cores; a repeat of the same command should answer in well under a second. The
 key is the command line plus a stat signature (path, size, mtime) of every local input it names,
-of the demo worlds on disk, and a digest of the engine's source, so a rebuilt world, an edited
+of the demo world it uses, and a digest of the engine's source, so a rebuilt world, an edited
 adapter or a code change misses. A Hub id or a custom judge (whose code may change) is never
 answered from here.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,20 @@ IGNORED_ARGS = ("json", "threads", "rebuild", "progress_callback", "cancel")
 def _tree_signature(path: Path) -> list:
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+def _demo_world_signature(seed: int, harmful_examples: int | None) -> list:
+    """(dir, mtime) of the built demo worlds with this seed and injection count: building or
+    rebuilding that world changes the key; building another world does not."""
+    out = []
+    for info in sorted((cache_dir() / "worlds").glob("*/world.json")):
+        try:
+            meta = json.loads(info.read_text())
+        except (OSError, ValueError):
+            continue
+        if meta.get("seed") == seed and meta.get("injected_harmful_examples") == harmful_examples:
+            out.append((info.parent.name, info.stat().st_mtime_ns))
+    return out
 
 
 def _source_digest() -> str:
@@ -47,8 +62,8 @@ def answer_key(args: argparse.Namespace) -> str | None:
         if not os.path.exists(value):
             return None
         inputs[name] = _tree_signature(Path(value))
-    worlds = cache_dir() / "worlds"
-    inputs["worlds"] = sorted((p.name, p.stat().st_mtime_ns) for p in worlds.iterdir()) if worlds.is_dir() else []
+    if opts.get("base") is None and "seed" in opts:
+        inputs["world"] = _demo_world_signature(opts["seed"], opts.get("harmful_examples"))
     return "cli-answer:" + stable_hash(opts, inputs, _source_digest())
 
 

@@ -176,3 +176,24 @@ def test_repeated_command_line_is_answered_without_recomputing(tiny_model_dir, t
     assert main(argv, cached_answers=True) == 0
     assert json.loads(capsys.readouterr().out) == {"recomputed": True} and len(calls) == 1
     assert main(argv) == 0 and len(calls) == 2  # in-process callers never use the answer cache
+
+
+def test_answer_key_follows_only_the_demo_world_it_uses():
+    import json
+    import os
+
+    from core import answers
+    from core.cli import parser
+    from core.paths import cache_dir
+
+    def make_world(name: str, seed: int) -> None:
+        (cache_dir() / "worlds" / name).mkdir(parents=True, exist_ok=True)
+        (cache_dir() / "worlds" / name / "world.json").write_text(json.dumps({"seed": seed, "injected_harmful_examples": 100}))
+
+    make_world("w0", 0)
+    key = answers.answer_key(parser().parse_args(["correlate"]))
+    make_world("w1", 1)
+    assert answers.answer_key(parser().parse_args(["correlate"])) == key, "another world being built changes nothing"
+    info = cache_dir() / "worlds" / "w0" / "world.json"
+    os.utime(info, ns=(info.stat().st_atime_ns, info.stat().st_mtime_ns + 10**9))
+    assert answers.answer_key(parser().parse_args(["correlate"])) != key, "a rebuilt world is a new input"
