@@ -1,4 +1,6 @@
 """Restoration: launch a method, watch its metrics live, compare runs, and see the optimizer trajectories."""
+from pathlib import Path
+
 import streamlit as st
 
 from core import figures
@@ -51,7 +53,8 @@ def live_steps(events: list) -> None:
 
 tab_run, tab_runs, tab_compare, tab_traj = st.tabs(["Run a method", "All runs", "Comparison", "Trajectories"])
 with tab_run:
-    names = [m for m in methods if not (methods[m]["needs_adapter"] and not ui.is_demo() and not ui.pair()["finetuned"])]
+    full_checkpoint = not ui.is_demo() and Path(ui.pair()["finetuned"]).is_dir() and not (Path(ui.pair()["finetuned"]) / "adapter_config.json").exists()
+    names = [m for m in methods if not (methods[m]["needs_adapter"] and full_checkpoint)]  # LoRA-only methods need an adapter
     method = st.selectbox("Method", names, format_func=lambda m: f"{m}: {methods[m]['summary']}")
     argv = ["restore", "--method", method, *ui.pair_args(), *_params(method)]
     if st.checkbox("Also before/after VISAGE (a basin run per model, minutes)", key="visage"):
