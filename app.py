@@ -6,13 +6,13 @@ per analysis (``core.jobs``), figures from ``core.figures``.
 import streamlit as st
 
 PAGES = [
-    st.Page("pages/home.py", title="Models and data", icon="🏠", default=True),
-    st.Page("pages/correlation.py", title="Correlation", icon="📈"),
-    st.Page("pages/landscape.py", title="Landscape", icon="⛰️"),
-    st.Page("pages/curvature.py", title="Curvature", icon="🌀"),
-    st.Page("pages/basin.py", title="Safety basin", icon="🥣"),
-    st.Page("pages/restoration.py", title="Restoration", icon="🛠️"),
-    st.Page("pages/report.py", title="Report", icon="📄"),
+    st.Page("pages/home.py", title="Models and data", icon=":material/home:", default=True),
+    st.Page("pages/correlation.py", title="Correlation", icon=":material/scatter_plot:"),
+    st.Page("pages/landscape.py", title="Landscape", icon=":material/landscape:"),
+    st.Page("pages/curvature.py", title="Curvature", icon=":material/cyclone:"),
+    st.Page("pages/basin.py", title="Safety basin", icon=":material/radar:"),
+    st.Page("pages/restoration.py", title="Restoration", icon=":material/build:"),
+    st.Page("pages/report.py", title="Report", icon=":material/description:"),
 ]
 
 presenting = st.query_params.get("presentation") == "1"

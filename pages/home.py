@@ -25,13 +25,13 @@ def choose_pair() -> None:
                 if kind.startswith("Demo"):
                     ui.set_pair(seed=int(seed), harmful_examples=int(injected), base="", finetuned="")
                 elif not base:
-                    st.error("No base model given. Fix: enter a Hugging Face id or a local directory.", icon="🚫")
+                    st.error("No base model given. Fix: enter a Hugging Face id or a local directory.", icon=":material/error:")
                     return
                 elif _looks_local(finetuned) and not Path(finetuned).expanduser().exists():
-                    st.error(f"Fine-tuned path '{finetuned}' does not exist. Fix: enter an existing adapter or checkpoint directory.", icon="🚫")
+                    st.error(f"Fine-tuned path '{finetuned}' does not exist. Fix: enter an existing adapter or checkpoint directory.", icon=":material/error:")
                     return
                 elif _looks_local(base) and not Path(base).expanduser().exists():
-                    st.error(f"Base path '{base}' does not exist. Fix: enter an existing directory, .gguf file or a Hugging Face id.", icon="🚫")
+                    st.error(f"Base path '{base}' does not exist. Fix: enter an existing directory, .gguf file or a Hugging Face id.", icon=":material/error:")
                     return
                 else:
                     ui.set_pair(seed=int(seed), base=base, finetuned=finetuned)

@@ -69,7 +69,26 @@ def presentation() -> bool:
     return bool(st.session_state.get("presentation", st.query_params.get("presentation") == "1"))
 
 
+def _leave_pages_directory_mode() -> None:
+    """Hand a page that Streamlit ran on its own back to app.py's ``st.navigation``.
+
+    Streamlit treats a folder named ``pages/`` beside the main script as a v1 multipage app until
+    some run calls ``st.navigation``: when a fresh server's first request is a page URL (a bookmark,
+    or a tab reconnecting after a restart), that page runs without app.py (narrow layout, no
+    presentation toggle, app/home/ui listed as pages). Clearing the flag and rerunning shows the
+    same page (same URL path, same page hash) through app.py.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:
+        return
+    if getattr(PagesManager, "uses_pages_directory", False):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def page_header(title: str, what: str) -> None:
+    _leave_pages_directory_mode()
     st.title(title)
     st.caption(f"{what}  \n{pair_caption()}")
 
@@ -92,7 +111,7 @@ def analysis(argv: list[str], label: str, render_partial: Callable[[list], None]
         _live(argv, label, render_partial)
         return None
     if state.status == "failed":
-        st.error(f"{label} failed: {state.error}", icon="🚫")
+        st.error(f"{label} failed: {state.error}", icon=":material/error:")
     elif state.status == "cancelled":
         st.info(f"{label} was cancelled; nothing was written.")
     command = "python -m core " + " ".join(argv)
@@ -131,7 +150,7 @@ def _live(argv: list[str], label: str, render_partial: Callable[[list], None] | 
 
 
 def error_box(err: Exception) -> None:
-    st.error(str(err), icon="🚫")
+    st.error(str(err), icon=":material/error:")
 
 
 # ---------------------------------------------------------------------------- figures
