@@ -36,7 +36,7 @@ from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
 from core.jobs import ACTIVE  # noqa: E402
 from core.paths import cache_dir  # noqa: E402
-from tests.test_browser import PAGES, launch, local_only, serve  # noqa: E402
+from tests.test_browser import PAGES, launch, serve  # noqa: E402
 
 TARGET_S = 3.0
 NAV_TIMEOUT_MS = 60_000
@@ -172,7 +172,6 @@ def prepare(browser, url: str, args: argparse.Namespace) -> dict[str, str]:
     notes = {}
     for path in PAGES:
         context = browser.new_context(viewport=VIEWPORT)
-        local_only(context)
         try:
             page = open_page(context, url, path)
             t = time.monotonic()
@@ -192,7 +191,6 @@ def prepare(browser, url: str, args: argparse.Namespace) -> dict[str, str]:
 def cold(browser, url: str, path: str) -> tuple[float, float, str, Page, Any]:
     """One cold tab: seconds to main content and to every chart drawn, what was shown; the page stays open."""
     context = browser.new_context(viewport=VIEWPORT)
-    local_only(context)
     page = context.new_page()
     t0 = time.perf_counter()
     page.goto(f"{url}/{path}", timeout=NAV_TIMEOUT_MS)
@@ -217,7 +215,6 @@ def toggle_presentation(page: Page) -> float:
 def cheap_render(browser, url: str, path: str) -> tuple[float, str]:
     """Seconds from the last cheap-settings change to the page's main content."""
     context = browser.new_context(viewport=VIEWPORT)
-    local_only(context)
     try:
         page = open_page(context, url, path)
         wait_state(page, NAV_TIMEOUT_MS / 1000)

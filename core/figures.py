@@ -220,7 +220,7 @@ def correlation_table(result: dict | None) -> list[dict]:
             "set": name,
             "r": _finite(d.get("r")),
             "95% CI": f"[{_fmt(d.get('ci_low'))}, {_fmt(d.get('ci_high'))}]",
-            "p": _finite(d.get("p_value")),
+            "p": _fmt(d.get("p_value"), ".2g"),
             "n": int(d.get("n", len(d["pairs"]))),
         })
     return rows

@@ -19,7 +19,7 @@ st.session_state.setdefault("argv", {})["curvature"] = argv
 def partial(events: list) -> None:
     drift = [e for e in events if "alignment_loss" in e]
     if drift:
-        st.plotly_chart(figures.apply_theme(figures.drift_figure(drift[-1])), key="drift-partial")
+        ui.chart(figures.drift_figure(drift[-1]), "drift-partial")
 
 
 result = ui.analysis(argv, "curvature analysis", partial)

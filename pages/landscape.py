@@ -24,15 +24,14 @@ def partial(rows: list) -> None:
         set_name, model = row["label"].split("/")
         z = surfaces.setdefault(set_name, {}).setdefault(model, [[None] * grid for _ in range(grid)])
         z[row["row"]] = row["values"]
-    st.plotly_chart(figures.apply_theme(figures.landscape_surfaces({"coords": coords, "surfaces": surfaces})), key="landscape-partial")
+    ui.chart(figures.landscape_surfaces({"coords": coords, "surfaces": surfaces}), "landscape-partial")
 
 
 result = ui.analysis(argv, "loss landscape", partial)
 if result:
     diff = result["structural_difference"]
-    cols = st.columns(len(diff) + 1)
+    cols = st.columns(len(diff))
     for col, (name, value) in zip(cols, diff.items()):
-        col.metric(f"Structural difference, {name}", f"{value:.2f}%", help="100 x (1 - Pearson r of the two surfaces' Laplacians)")
-    cols[-1].metric("Directions' cosine", ", ".join(f"{k} {v:.3f}" for k, v in result["cosine"].items()))
+        col.metric(f"Structural difference, {name}", f"{value:.2f}%", help=f"100 x (1 - Pearson r of the two surfaces' Laplacians); cosine of the two directions {result['cosine'][name]:.3f}")
     ui.figure(figures.landscape_surfaces(result), "loss-landscapes")
     ui.figure(figures.cross_section_figure(result), "landscape-cross-sections")

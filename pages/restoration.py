@@ -8,6 +8,7 @@ from core.runs import list_runs
 from pages import ui
 
 ui.page_header("Restoration", "Take the drifted fine-tune back to the base model's safety while keeping the task: curvature-aware influence updates (paper 1), direction-based weight restoration (paper 2) and baselines.")
+PAPER_METHODS = ["curvature", "direction"]  # listed first; LoRA-only methods need an adapter
 methods = ui.analysis(["methods"], "method list", autostart=True)
 if not methods:
     st.stop()
@@ -48,13 +49,13 @@ def live_steps(events: list) -> None:
         c1.metric("Harmful rate (monitor)", f"{last['harmful_rate']:.0f}%", delta=f"{last['harmful_rate'] - steps[0]['harmful_rate']:+.0f}", delta_color="inverse")
         c2.metric("Task exact-match (monitor)", f"{last['task_exact_match']:.0f}%", delta=f"{last['task_exact_match'] - steps[0]['task_exact_match']:+.0f}")
         c3.metric("Steps", len(steps))
-        st.plotly_chart(figures.apply_theme(figures.restoration_live({"steps": steps})), key="restoration-live")
+        ui.chart(figures.restoration_live({"steps": steps}), "restoration-live")
 
 
 tab_run, tab_runs, tab_compare, tab_traj = st.tabs(["Run a method", "All runs", "Comparison", "Trajectories"])
 with tab_run:
     full_checkpoint = not ui.is_demo() and Path(ui.pair()["finetuned"]).is_dir() and not (Path(ui.pair()["finetuned"]) / "adapter_config.json").exists()
-    names = [m for m in methods if not (methods[m]["needs_adapter"] and full_checkpoint)]  # LoRA-only methods need an adapter
+    names = sorted((m for m in methods if not (methods[m]["needs_adapter"] and full_checkpoint)), key=lambda m: (m not in PAPER_METHODS, PAPER_METHODS.index(m) if m in PAPER_METHODS else 0))
     method = st.selectbox("Method", names, format_func=lambda m: f"{m}: {methods[m]['summary']}")
     argv = ["restore", "--method", method, *ui.pair_args(), *_params(method)]
     if st.checkbox("Also before/after VISAGE (a basin run per model, minutes)", key="visage"):

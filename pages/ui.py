@@ -156,13 +156,19 @@ def error_box(err: Exception) -> None:
 # ---------------------------------------------------------------------------- figures
 def figure(fig: go.Figure, name: str, key: str | None = None) -> None:
     """Show a themed figure with PNG (1920x1080 at scale 2), SVG and PDF downloads (rendered on click)."""
-    fig = apply_theme(fig, large=presentation())
     key = key or name
-    st.plotly_chart(fig, width="stretch", key=f"chart-{key}")
+    fig = chart(fig, f"chart-{key}")
     cols = st.columns([1, 1, 1, 6])
     for col, fmt in zip(cols, ("png", "svg", "pdf")):
         with col:
             st.download_button(fmt.upper(), data=_exporter(fig, fmt), file_name=f"{name}.{fmt}", mime=MIME[fmt], key=f"dl-{key}-{fmt}", on_click="ignore")
+
+
+def chart(fig: go.Figure, key: str) -> go.Figure:
+    """Draw a figure in the slide theme (Streamlit's own theme off, so the page matches the export)."""
+    fig = apply_theme(fig, large=presentation())
+    st.plotly_chart(fig, width="stretch", key=key, theme=None)
+    return fig
 
 
 def _exporter(fig: go.Figure, fmt: str) -> Callable[[], bytes]:
