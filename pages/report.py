@@ -57,10 +57,14 @@ stem = f"safety-drift-report-{date.today().isoformat()}"
 c1, c2 = st.columns(2)
 c1.download_button("Report (HTML, self-contained)", data=lambda: report_html(title, parts), file_name=f"{stem}.html", mime="text/html", on_click="ignore", type="primary")
 c2.download_button("Numbers (JSON)", data=lambda: report_json(parts), file_name=f"{stem}.json", mime="application/json", on_click="ignore")
+preview = st.toggle("Preview the figures here", value=False, help="They are always in the HTML report; drawing them all here takes a few seconds.")
 for s in parts:
     st.subheader(s.title)
     st.caption(s.text)
     for name, rows in s.tables.items():
         ui.table(rows)
-    for i, fig in enumerate(s.figures):
-        ui.figure(fig, f"{s.title.lower().replace(' ', '-').replace(':', '')}-{i}", key=f"report-{s.title}-{i}")
+    if preview:
+        for i, fig in enumerate(s.figures):
+            ui.figure(fig, f"{s.title.lower().replace(' ', '-').replace(':', '')}-{i}", key=f"report-{s.title}-{i}")
+    elif s.figures:
+        st.caption(f"{len(s.figures)} figure(s) in the report.")

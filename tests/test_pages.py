@@ -152,4 +152,6 @@ def test_report_collects_cached_answers_and_offers_downloads():
     assert not at.exception
     titles = [s.value for s in at.subheader]
     assert titles[0] == "Models" and {"Loss correlation", "Safety basin"} <= set(titles)
+    assert charts(at) == 0 and len(at.get("download_button")) == 2, "figures are drawn only on request"
+    at.toggle[0].set_value(True).run()
     assert charts(at) >= 5 and len(at.get("download_button")) >= 2 + 3 * 5
