@@ -41,7 +41,7 @@ def sections() -> list[Section]:
         out.append(Section("Restoration methods compared", "Every method with its defaults, same pair, seed and data.", [figures.comparison_bars(r)], {"comparison": r["table"]}, {"table": r["table"]}))
     if r := _answer(_argv("trajectory", ["trajectory", *ui.pair_args()])):
         out.append(Section("Optimizer trajectories", "PCA plane of curvature-aware vs first-order paths over J = L_forget - L_retain.", [figures.trajectory_contour(r)], numbers={lr: {"explained_variance": v["explained_variance"], "final_forget_loss": v["final_forget_loss"]} for lr, v in r.items()}))
-    runs = [{"run": r["id"], "method": r["method"], "status": r["status"], **{f"after {k}": v for k, v in (r.get("after") or {}).items() if k in RUN_COLUMNS}} for r in list_runs()]
+    runs = [{"run": r.get("id"), "method": r.get("method"), "status": r.get("status"), **{f"after {k}": v for k, v in (r.get("after") or {}).items() if k in RUN_COLUMNS}} for r in list_runs()]
     if runs:
         out.append(Section("All restoration runs", "Every stored run on this machine.", tables={"runs": runs}))
     return out

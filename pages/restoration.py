@@ -71,7 +71,7 @@ with tab_runs:
     runs = list_runs()
     if not runs:
         st.info("No restoration runs yet.")
-    ui.table([{"run": r["id"], "method": r["method"], "status": r["status"], "steps": len(r.get("steps", [])),
+    ui.table([{"run": r.get("id"), "method": r.get("method"), "status": r.get("status"), "steps": len(r.get("steps", [])),
                "harmful after %": (r.get("after") or {}).get("harmful_rate"), "task EM after %": (r.get("after") or {}).get("task_exact_match"),
                "wall s": round(r.get("wall_s") or 0), "fine-tune": r.get("finetuned")} for r in runs])
 

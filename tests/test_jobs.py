@@ -61,8 +61,11 @@ def test_bad_input_fails_with_one_line(tmp_path):
     assert "missing" in state.error and "Fix:" in state.error
 
 
+UNANSWERED = ["correlate", "--n", "977"]  # a command line no test computes
+
+
 def test_a_dead_job_reads_as_failed(monkeypatch):
-    argv = ["methods"]
+    argv = UNANSWERED
     state = jobs.JobState(jobs.job_id(argv), argv, status="running", pid=2**22 + 1)
     jobs._dir(argv).mkdir(parents=True, exist_ok=True)
     jobs._write(jobs._dir(argv), state)
@@ -70,7 +73,7 @@ def test_a_dead_job_reads_as_failed(monkeypatch):
 
 
 def test_a_stale_answer_is_not_shown(tiny_model_dir, tiny_adapter_dir, monkeypatch):
-    argv = ["methods"]
+    argv = UNANSWERED
     jobs._dir(argv).mkdir(parents=True, exist_ok=True)
     jobs._write(jobs._dir(argv), jobs.JobState(jobs.job_id(argv), argv, status="done", result={"old": 1}))
     assert jobs.status(argv).status == "none", "a done state without a current answer counts as never run"
@@ -91,6 +94,6 @@ def test_a_run_whose_process_is_gone_reads_as_interrupted():
 
     for rid, pid in (("live", os.getpid()), ("gone", 2**22 + 1)):
         (runs_dir() / rid).mkdir(parents=True, exist_ok=True)
-        (runs_dir() / rid / "record.json").write_text(json.dumps({"id": rid, "status": "running", "pid": pid, "steps": []}))
+        (runs_dir() / rid / "record.json").write_text(json.dumps({"id": rid, "method": "interpolate", "status": "running", "pid": pid, "steps": []}))
     status = {r["id"]: r["status"] for r in list_runs()}
     assert status["live"] == "running" and status["gone"] == "interrupted"
