@@ -13,8 +13,7 @@ with st.sidebar:
     prompts = st.number_input("Prompts per point", 1, 100, 16)
 
 argv = ["basin", *ui.pair_args(), "--directions", str(directions), "--points", str(points), "--radius", str(radius), "--plane-points", str(plane), "--prompts", str(prompts)]
-st.session_state.setdefault("argv", {})["basin"] = argv
-result = ui.analysis(argv, "safety basin")
+result = ui.analysis(argv, "safety basin", remember="basin")
 if result:
     cols = st.columns(len(result))
     for col, (name, r) in zip(cols, result.items()):

@@ -14,8 +14,7 @@ argv = ["correlate", *ui.pair_args(), "--n", str(n), "--tokens", tokens]
 for name, path in files.items():
     if path:
         argv += [f"--{name}-file", path]
-st.session_state.setdefault("argv", {})["correlation"] = argv
-result = ui.analysis(argv, "loss correlation")
+result = ui.analysis(argv, "loss correlation", remember="correlation")
 if result:
     ui.table(figures.correlation_table(result))
     ui.figure(figures.correlation_scatter(result), "loss-correlation-scatter")

@@ -13,7 +13,6 @@ with st.sidebar:
     every = st.number_input("Probe every (steps)", 1, 100, 4)
 
 argv = ["curvature", *ui.pair_args(), "--k", str(k), "--samples", str(samples), "--params", params, "--drift-steps", str(drift_steps), "--every", str(every)]
-st.session_state.setdefault("argv", {})["curvature"] = argv
 
 
 def partial(events: list) -> None:
@@ -22,7 +21,7 @@ def partial(events: list) -> None:
         ui.chart(figures.drift_figure(drift[-1]), "drift-partial")
 
 
-result = ui.analysis(argv, "curvature analysis", partial)
+result = ui.analysis(argv, "curvature analysis", partial, remember="curvature")
 if result:
     cond = result["conditions"]
     verdict = "All three alignment-instability conditions hold" if cond["all_hold"] else "Not all alignment-instability conditions hold"

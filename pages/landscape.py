@@ -13,7 +13,6 @@ with st.sidebar:
     directions = st.selectbox("Directions", ["gradient", "random"])
 
 argv = ["landscape", *ui.pair_args(), "--grid", str(grid), "--radius", str(radius), "--samples", str(samples), "--directions", directions]
-st.session_state.setdefault("argv", {})["landscape"] = argv
 
 
 def partial(rows: list) -> None:
@@ -27,7 +26,7 @@ def partial(rows: list) -> None:
     ui.chart(figures.landscape_surfaces({"coords": coords, "surfaces": surfaces}), "landscape-partial")
 
 
-result = ui.analysis(argv, "loss landscape", partial)
+result = ui.analysis(argv, "loss landscape", partial, remember="landscape")
 if result:
     diff = result["structural_difference"]
     cols = st.columns(len(diff))

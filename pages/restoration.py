@@ -60,8 +60,7 @@ with tab_run:
     argv = ["restore", "--method", method, *ui.pair_args(), *_params(method)]
     if st.checkbox("Also before/after VISAGE (a basin run per model, minutes)", key="visage"):
         argv.append("--visage")
-    st.session_state.setdefault("argv", {})["restoration"] = argv
-    record = ui.analysis(argv, f"{method} restoration", live_steps)
+    record = ui.analysis(argv, f"{method} restoration", live_steps, remember="restoration")
     if record:
         st.success(f"Run {record['id']}: {record['status']} in {record['wall_s']:.0f} s · restored weights in {record['restored']}")
         ui.table(figures.before_after_table(record))
@@ -77,9 +76,7 @@ with tab_runs:
 
 with tab_compare:
     st.write("Every method with its defaults on the same pair, seed and data (runs are shared with the tab above).")
-    compare_argv = ["compare", *ui.pair_args()]
-    st.session_state["argv"]["comparison"] = compare_argv
-    result = ui.analysis(compare_argv, "comparison of all methods")
+    result = ui.analysis(["compare", *ui.pair_args()], "comparison of all methods", remember="comparison")
     if result:
         ui.table(result["table"])
         if result.get("skipped"):
@@ -88,8 +85,6 @@ with tab_compare:
 
 with tab_traj:
     st.write("Curvature-aware vs first-order paths in the PCA plane of their snapshots, over the objective J = L_forget − L_retain (paper 1, C.2).")
-    traj_argv = ["trajectory", *ui.pair_args()]
-    st.session_state["argv"]["trajectory"] = traj_argv
-    result = ui.analysis(traj_argv, "trajectory comparison")
+    result = ui.analysis(["trajectory", *ui.pair_args()], "trajectory comparison", remember="trajectory")
     if result:
         ui.figure(figures.trajectory_contour(result), "optimizer-trajectories")

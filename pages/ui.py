@@ -94,12 +94,15 @@ def page_header(title: str, what: str) -> None:
 
 
 # ---------------------------------------------------------------------------- jobs
-def analysis(argv: list[str], label: str, render_partial: Callable[[list], None] | None = None, autostart: bool = False) -> dict[str, Any] | None:
+def analysis(argv: list[str], label: str, render_partial: Callable[[list], None] | None = None, autostart: bool = False, remember: str | None = None) -> dict[str, Any] | None:
     """The answer of ``argv`` if it is there; otherwise a button to start it (or the live job).
 
     Identical requests share one background job, so a reload, a second tab or a second user
     sees the same job; while it runs, a fragment polls its state without re-running the page.
+    ``remember`` files the command line under that name for the Report page.
     """
+    if remember:
+        st.session_state.setdefault("argv", {})[remember] = argv
     try:
         state = jobs.status(argv)
     except InputError as err:
