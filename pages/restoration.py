@@ -52,8 +52,8 @@ def live_steps(events: list) -> None:
         ui.chart(figures.restoration_live({"steps": steps}), "restoration-live")
 
 
-tab_run, tab_runs, tab_compare, tab_traj = st.tabs(["Run a method", "All runs", "Comparison", "Trajectories"])
-with tab_run:
+def run_tab() -> None:
+    """Pick a method and its parameters, launch it, watch it, see its before/after."""
     full_checkpoint = not ui.is_demo() and Path(ui.pair()["finetuned"]).is_dir() and not (Path(ui.pair()["finetuned"]) / "adapter_config.json").exists()
     names = sorted((m for m in methods if not (methods[m]["needs_adapter"] and full_checkpoint)), key=lambda m: (m not in PAPER_METHODS, PAPER_METHODS.index(m) if m in PAPER_METHODS else 0))
     method = st.selectbox("Method", names, format_func=lambda m: f"{m}: {methods[m]['summary']}")
@@ -66,7 +66,9 @@ with tab_run:
         ui.table(figures.before_after_table(record))
         ui.figure(figures.restoration_live(record), f"restoration-{method}", key=f"restoration-{record['id']}")
 
-with tab_runs:
+
+def runs_tab() -> None:
+    """Every stored run on this machine."""
     runs = list_runs()
     if not runs:
         st.info("No restoration runs yet.")
@@ -74,7 +76,9 @@ with tab_runs:
                "harmful after %": (r.get("after") or {}).get("harmful_rate"), "task EM after %": (r.get("after") or {}).get("task_exact_match"),
                "wall s": round(r.get("wall_s") or 0), "fine-tune": r.get("finetuned")} for r in runs])
 
-with tab_compare:
+
+def compare_tab() -> None:
+    """Every method with its defaults on this pair: one table."""
     st.write("Every method with its defaults on the same pair, seed and data (runs are shared with the tab above).")
     result = ui.analysis(["compare", *ui.pair_args()], "comparison of all methods", remember="comparison")
     if result:
@@ -83,8 +87,17 @@ with tab_compare:
             st.caption(f"Skipped (need a LoRA adapter): {', '.join(result['skipped'])}")
         ui.figure(figures.comparison_bars(result), "restoration-comparison")
 
-with tab_traj:
+
+def trajectories_tab() -> None:
+    """PCA view of curvature-aware vs first-order paths."""
     st.write("Curvature-aware vs first-order paths in the PCA plane of their snapshots, over the objective J = L_forget − L_retain (paper 1, C.2).")
     result = ui.analysis(["trajectory", *ui.pair_args()], "trajectory comparison", remember="trajectory")
     if result:
         ui.figure(figures.trajectory_contour(result), "optimizer-trajectories")
+
+
+SECTIONS = {"Run a method": run_tab, "All runs": runs_tab, "Comparison": compare_tab, "Trajectories": trajectories_tab}
+for tab, draw in zip(st.tabs(list(SECTIONS), on_change="rerun", key="restoration-tab"), SECTIONS.values()):
+    if tab.open:  # only the open tab runs and sends its figures
+        with tab:
+            draw()

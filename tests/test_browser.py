@@ -144,7 +144,7 @@ def _open(page: Page, path: str, caption: str) -> None:
 
 def _watch_job(page: Page) -> list[str]:
     """The distinct progress texts seen until the curvature table shows (bounded by JOB_TIMEOUT_S)."""
-    bar, table = page.locator('[data-testid="stProgress"]'), page.locator('[data-testid="stDataFrame"]')
+    bar, table = page.locator('[data-testid="stProgress"]'), page.locator('[data-testid="stTable"]')
     seen: list[str] = []
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while table.count() == 0:

@@ -135,12 +135,14 @@ def test_restoration_page_params_runs_compare_and_trajectories():
     assert no_jobs_started(), "a widget change starts no job"
 
     plant(changed, {**restoration_record(), "wall_s": 12.0, "restored": "/tmp/r"})
-    plant(page_argv(at, "comparison"), compare_result())
-    plant(page_argv(at, "trajectory"), trajectory_result())
     at.run()
-    assert not at.exception
-    assert charts(at) == 3
-    assert len(at.dataframe) >= 2  # before/after and the comparison table
+    assert not at.exception and charts(at) == 1 and len(at.table) == 1, "only the open tab is drawn"
+    for tab, argv_key, result in (("Comparison", "comparison", compare_result()), ("Trajectories", "trajectory", trajectory_result())):
+        at.session_state["restoration-tab"] = tab
+        at.run()
+        plant(page_argv(at, argv_key), result)
+        at.run()
+        assert not at.exception and charts(at) == 1, tab
 
 
 def test_report_collects_cached_answers_and_offers_downloads():
