@@ -490,7 +490,7 @@ def restoration_live(record: dict | None) -> go.Figure:
     if not steps:
         return no_data(title)
     xs = [s.get("step", i) for i, s in enumerate(steps)]
-    fig = make_subplots(rows=2, cols=3, subplot_titles=[p[0] for p in RESTORATION_PANELS], horizontal_spacing=0.08, vertical_spacing=0.2)
+    fig = make_subplots(rows=2, cols=3, subplot_titles=[p[0] for p in RESTORATION_PANELS], horizontal_spacing=0.11, vertical_spacing=0.2)
     for i, (_, ytitle, series, yrange) in enumerate(RESTORATION_PANELS):
         row, col = divmod(i, 3)
         for key, name in series:
