@@ -273,8 +273,7 @@ def cmd_trajectory(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError:
         raise InputError(f"--lrs '{args.lrs}' is not a comma-separated list of numbers.", "write it like --lrs 0.01,0.05.") from None
     config = TrajectoryConfig(lrs=lrs, iterations=args.iterations, grid=args.grid)
-    result = trajectory_comparison(_pair(args), args.seed, config, _bar(args))
-    return result
+    return trajectory_comparison(_pair(args), args.seed, config, _bar(args))
 
 
 def cmd_methods(args: argparse.Namespace) -> dict[str, Any]:

@@ -95,23 +95,21 @@ def process_alive(pid: int | None) -> bool:
         return True
 
 
-def _read_state(d: Path) -> dict[str, Any] | None:
+def _read_state(d: Path) -> JobState | None:
     try:
-        return json.loads((d / "state.json").read_text())
+        raw = json.loads((d / "state.json").read_text())
     except (OSError, ValueError):
         return None
+    return JobState(**{k: v for k, v in raw.items() if k in JobState.__dataclass_fields__})
 
 
 def status(argv: list[str]) -> JobState:
     """The job's state. A current cached answer counts as done; a done job whose answer is no
     longer current (world rebuilt, inputs or code changed) counts as never run; a job whose
     process died without a word counts as failed."""
-    raw = _read_state(_dir(argv))
-    state = JobState(job_id(argv), list(argv))
-    if raw is not None:
-        state = JobState(**{k: v for k, v in raw.items() if k in JobState.__dataclass_fields__})
-        if state.active and not process_alive(state.pid):
-            state.status, state.error = "failed", state.error or "the job's process ended without a result (killed or out of memory?)"
+    state = _read_state(_dir(argv)) or JobState(job_id(argv), list(argv))
+    if state.active and not process_alive(state.pid):
+        state.status, state.error = "failed", state.error or "the job's process ended without a result (killed or out of memory?)"
     if state.active:
         return state
     key = _key(argv)
@@ -198,7 +196,7 @@ def run(d: Path) -> int:
     from core.cli import execute
     from core.errors import Cancelled, InputError
 
-    state = JobState(**{k: v for k, v in _read_state(d).items() if k in JobState.__dataclass_fields__})
+    state = _read_state(d)
     state.pid, state.status = os.getpid(), "running"
     writer = _StateWriter(d, state)
     _write(d, state)

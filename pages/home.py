@@ -4,6 +4,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.data import BENIGN_SPLIT_SIZES, BORDERLINE_SPLIT_SIZES, HARMFUL_SPLIT_SIZES
+from core.errors import InputError
 from pages import ui
 
 CARD = (("Harmful rate", "harmful_rate"), ("Prefill ASR", "prefill_asr"), ("Task exact-match", "task_exact_match"), ("Over-refusal", "over_refusal"))
@@ -24,14 +25,8 @@ def choose_pair() -> None:
             if st.form_submit_button("Use this pair", type="primary"):
                 if kind.startswith("Demo"):
                     ui.set_pair(seed=int(seed), harmful_examples=int(injected), base="", finetuned="")
-                elif not base:
-                    st.error("No base model given. Fix: enter a Hugging Face id or a local directory.", icon=":material/error:")
-                    return
-                elif _looks_local(finetuned) and not Path(finetuned).expanduser().exists():
-                    st.error(f"Fine-tuned path '{finetuned}' does not exist. Fix: enter an existing adapter or checkpoint directory.", icon=":material/error:")
-                    return
-                elif _looks_local(base) and not Path(base).expanduser().exists():
-                    st.error(f"Base path '{base}' does not exist. Fix: enter an existing directory, .gguf file or a Hugging Face id.", icon=":material/error:")
+                elif problem := _pair_problem(base, finetuned):
+                    ui.error_box(problem)
                     return
                 else:
                     ui.set_pair(seed=int(seed), base=base, finetuned=finetuned)
@@ -39,6 +34,17 @@ def choose_pair() -> None:
         st.caption("Splits (held-out evaluation, restoration and analysis sets) are drawn with the data seed: "
                    f"harmful {HARMFUL_SPLIT_SIZES}, benign {BENIGN_SPLIT_SIZES}, borderline {BORDERLINE_SPLIT_SIZES}. "
                    "Each analysis page can replace its sets with a .jsonl/.csv file.")
+
+
+def _pair_problem(base: str, finetuned: str) -> InputError | None:
+    """A missing base or a local path that does not exist, caught before any job starts."""
+    if not base:
+        return InputError("No base model given.", "enter a Hugging Face id or a local directory.")
+    if _looks_local(finetuned) and not Path(finetuned).expanduser().exists():
+        return InputError(f"Fine-tuned path '{finetuned}' does not exist.", "enter an existing adapter or checkpoint directory.")
+    if _looks_local(base) and not Path(base).expanduser().exists():
+        return InputError(f"Base path '{base}' does not exist.", "enter an existing directory, .gguf file or a Hugging Face id.")
+    return None
 
 
 def _looks_local(path: str) -> bool:
