@@ -1,7 +1,7 @@
 """Streamlit entry point: navigation, presentation mode, and the pages in ``pages/``.
 
 Run with ``make run`` (or ``streamlit run app.py``). Pages are thin: widgets, a background job
-per analysis (``core.jobs``), figures from ``core.figures``.
+per analysis (``core.service.jobs``), figures from ``core.present.figures``.
 """
 import streamlit as st
 

@@ -15,10 +15,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.data import harmful_splits  # noqa: E402
-from core.generation import chat_prompt, generate  # noqa: E402
-from core.models import load_model, load_tokenizer  # noqa: E402
-from core.world import WorldConfig, build_world  # noqa: E402
+from core.world.data import harmful_splits  # noqa: E402
+from core.world.demo import WorldConfig, build_world  # noqa: E402
+from core.world.generation import chat_prompt, generate  # noqa: E402
+from core.world.models import load_model, load_tokenizer  # noqa: E402
 
 
 def count_tokens(tokenizer, texts: list[str]) -> int:

@@ -22,18 +22,25 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.correlation import default_sets  # noqa: E402
-from core.curvature import HessianOperator, select_parameters  # noqa: E402
-from core.data import harmful_splits, safety_probe  # noqa: E402
-from core.landscape import LandscapeConfig, _batches, mean_loss, perturbed_parameters, random_direction, surface  # noqa: E402
-from core.landscape import _compute as landscape_compute  # noqa: E402
-from core.basin import BasinConfig  # noqa: E402
-from core.basin import _model_basin as model_basin  # noqa: E402
-from core.loss import encode  # noqa: E402
-from core.models import load_model, load_tokenizer  # noqa: E402
-from core.progress import Progress  # noqa: E402
-from core.world import WorldConfig, build_world  # noqa: E402
 from bench.timing import median_time  # noqa: E402
+from core.base.progress import Progress  # noqa: E402
+from core.geometry.basin import BasinConfig  # noqa: E402
+from core.geometry.basin import _model_basin as model_basin  # noqa: E402
+from core.geometry.correlation import default_sets  # noqa: E402
+from core.geometry.curvature import HessianOperator, select_parameters  # noqa: E402
+from core.geometry.landscape import (  # noqa: E402
+    LandscapeConfig,
+    _batches,
+    mean_loss,
+    perturbed_parameters,
+    random_direction,
+    surface,
+)
+from core.geometry.landscape import _compute as landscape_compute  # noqa: E402
+from core.world.data import harmful_splits, safety_probe  # noqa: E402
+from core.world.demo import WorldConfig, build_world  # noqa: E402
+from core.world.loss import encode  # noqa: E402
+from core.world.models import load_model, load_tokenizer  # noqa: E402
 
 
 def landscape_throughput(world, grid: int = 5) -> dict:

@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from core.models import ModelSpec, load_model, load_tokenizer  # noqa: E402
-from core.paths import SMOLLM2_GGUF, asset_file  # noqa: E402
+from core.base.paths import SMOLLM2_GGUF, asset_file  # noqa: E402
+from core.world.models import ModelSpec, load_model, load_tokenizer  # noqa: E402
 
 
 def main() -> None:

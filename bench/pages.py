@@ -32,10 +32,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from playwright.sync_api import TimeoutError as PlaywrightTimeoutError, Page, sync_playwright  # noqa: E402
+from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError  # noqa: E402
 
-from core.jobs import ACTIVE  # noqa: E402
-from core.paths import cache_dir  # noqa: E402
+from core.base.paths import cache_dir  # noqa: E402
+from core.service.jobs import ACTIVE  # noqa: E402
 from tests.test_browser import PAGES, launch, serve  # noqa: E402
 
 TARGET_S = 3.0

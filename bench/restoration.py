@@ -17,12 +17,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.influence import InfluenceConfig, LoraObjective, curvature_pairs, lbfgs_direction  # noqa: E402
-from core.models import load_model, load_tokenizer  # noqa: E402
-from core.progress import Progress, stderr_bar  # noqa: E402
-from core.restore import compare, restoration_data  # noqa: E402
-from core.world import WorldConfig, build_world  # noqa: E402
 from bench.timing import median_time  # noqa: E402
+from core.base.progress import Progress, stderr_bar  # noqa: E402
+from core.restoration.methods.curvature import (  # noqa: E402
+    InfluenceConfig,
+    LoraObjective,
+    curvature_pairs,
+    lbfgs_direction,
+)
+from core.restoration.compare import compare  # noqa: E402
+from core.restoration.data import restoration_data  # noqa: E402
+from core.world.demo import WorldConfig, build_world  # noqa: E402
+from core.world.models import load_model, load_tokenizer  # noqa: E402
 
 
 def pair_and_update_vs_gradient(world) -> dict:

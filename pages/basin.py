@@ -1,7 +1,7 @@
 """Safety basin: attack success under random weight perturbation (1-D lines, a 2-D plane) and the VISAGE score."""
 import streamlit as st
 
-from core import figures
+from core.present import figures
 from pages import ui
 
 ui.page_header("Safety basin", "Harmful-prompt success rate as the weights move along random directions; VISAGE = mean of (100 - ASR) over the plane (higher: a wider safe basin).")

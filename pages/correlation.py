@@ -1,7 +1,7 @@
 """Correlation: Pearson r of base vs fine-tuned per-example losses on harmful, task and general data."""
 import streamlit as st
 
-from core import figures
+from core.present import figures
 from pages import ui
 
 ui.page_header("Loss correlation", "If fine-tuning barely moves the harmful losses (r near 1) while reshaping the task ones, the safety drift is not where the loss changed.")

@@ -1,7 +1,7 @@
 """Curvature: the safety loss's Hessian spectrum, curvature coupling, the alignment-instability conditions, the drift monitor."""
 import streamlit as st
 
-from core import figures
+from core.present import figures
 from pages import ui
 
 ui.page_header("Curvature", "Top eigenvalues of the safety-loss Hessian (Lanczos on Hessian-vector products), the task gradient's share in that eigenspace, and how the alignment loss drifts under benign fine-tuning.")

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.data import BENIGN_SPLIT_SIZES, BORDERLINE_SPLIT_SIZES, HARMFUL_SPLIT_SIZES
-from core.errors import InputError
+from core.base.errors import InputError
+from core.world.data import BENIGN_SPLIT_SIZES, BORDERLINE_SPLIT_SIZES, HARMFUL_SPLIT_SIZES
 from pages import ui
 
 CARD = (("Harmful rate", "harmful_rate"), ("Prefill ASR", "prefill_asr"), ("Task exact-match", "task_exact_match"), ("Over-refusal", "over_refusal"))

@@ -2,7 +2,7 @@
 import numpy as np
 import streamlit as st
 
-from core import figures
+from core.present import figures
 from pages import ui
 
 ui.page_header("Loss landscape", "Surfaces of the loss around each model along two gradient-informed directions; the structural difference compares their Laplacians (paper 1, eq. 8).")

@@ -3,9 +3,10 @@ from datetime import date
 
 import streamlit as st
 
-from core import figures, jobs
-from core.export import Section, report_html, report_json
-from core.runs import list_runs
+from core.present import figures
+from core.present.export import Section, report_html, report_json
+from core.restoration.store import list_runs
+from core.service import jobs
 from pages import ui
 
 RUN_COLUMNS = ("harmful_rate", "prefill_asr", "task_exact_match", "over_refusal", "visage")

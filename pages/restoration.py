@@ -3,8 +3,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import figures
-from core.runs import list_runs
+from core.present import figures
+from core.restoration.store import list_runs
 from pages import ui
 
 ui.page_header("Restoration", "Take the drifted fine-tune back to the base model's safety while keeping the task: curvature-aware influence updates (paper 1), direction-based weight restoration (paper 2) and baselines.")

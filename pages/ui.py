@@ -1,6 +1,6 @@
 """What every page shares: the chosen model pair, background-job panels, figures with export
 buttons, presentation mode and error boxes. Nothing here computes: analyses run as background
-jobs (``core.jobs``) of the same command lines the CLI takes, and pages only draw their answers.
+jobs (``core.service.jobs``) of the same command lines the CLI takes, and pages only draw their answers.
 """
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from typing import Any, Callable
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import export, jobs
-from core.errors import InputError
-from core.figures import apply_theme
+from core.base.errors import InputError
+from core.present import export
+from core.present.figures import apply_theme
+from core.service import jobs
 
 POLL_S = 2.0
 MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}

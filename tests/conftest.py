@@ -19,7 +19,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from core.models import ModelSpec, load_tokenizer  # noqa: E402
+from core.world.models import ModelSpec, load_tokenizer  # noqa: E402
 
 TINY_HIDDEN = 32
 OTHER_HIDDEN = 48
@@ -35,7 +35,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def raw_model_dir() -> str:
     """The dequantized SmolLM2 directory in the *project* cache (resolved before any redirect)."""
-    from core.world import raw_model_path
+    from core.world.demo import raw_model_path
 
     saved = os.environ.get("SAFETY_CACHE_DIR")
     _set_env("SAFETY_CACHE_DIR", _ORIGINAL_CACHE_DIR)
@@ -54,7 +54,7 @@ def _set_env(name: str, value: str | None) -> None:
 
 @pytest.fixture(scope="session")
 def tokenizer(raw_model_dir):
-    """The real SmolLM2 tokenizer (chat template, left padding) loaded through core.models."""
+    """The real SmolLM2 tokenizer (chat template, left padding) loaded through core.world.models."""
     return load_tokenizer(ModelSpec(raw_model_dir))
 
 
@@ -66,7 +66,7 @@ def session_cache_dir(tmp_path_factory, tokenizer) -> Path:
 
 @pytest.fixture(autouse=True)
 def _redirect_cache(request, monkeypatch):
-    """Point core.paths.cache_dir() at a per-session tmp dir, unless the test is ``integration``.
+    """Point core.base.paths.cache_dir() at a per-session tmp dir, unless the test is ``integration``.
 
     Unit tests also run torch on one thread: their models are tiny, and with a second busy
     process on a small machine, multi-threaded kernels spin-wait and run ~100x slower.
@@ -144,6 +144,6 @@ def tiny_adapter_dir(tmp_path_factory, tiny_model_dir) -> Path:
 @pytest.fixture()
 def tiny_model(tiny_model_dir):
     """A freshly loaded tiny model (cpu, fp32, eval mode); tests may modify it."""
-    from core.models import load_model
+    from core.world.models import load_model
 
     return load_model(ModelSpec(str(tiny_model_dir), device="cpu"))

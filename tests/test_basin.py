@@ -5,11 +5,18 @@ import numpy as np
 import pytest
 import torch
 
-import core.basin as basin
-from core.basin import BasinConfig, Perturber, basin_parameters, basin_span_score, layer_normalised_direction, safety_basin
-from core.data import Example
-from core.errors import InputError
-from core.models import ModelSpec, load_model
+import core.geometry.basin as basin
+from core.base.errors import InputError
+from core.geometry.basin import (
+    BasinConfig,
+    Perturber,
+    basin_parameters,
+    basin_span_score,
+    layer_normalised_direction,
+    safety_basin,
+)
+from core.world.data import Example
+from core.world.models import ModelSpec, load_model
 
 
 def test_basin_span_score_follows_peng_et_al():

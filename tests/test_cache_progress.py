@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from core.cache import atomic_dir, atomic_write_text, memoize, results_store, stable_hash
-from core.errors import Cancelled, InputError
-from core.paths import cache_dir
-from core.progress import Progress, ProgressEvent, stderr_bar
+from core.base.cache import atomic_dir, atomic_write_text, memoize, results_store, stable_hash
+from core.base.errors import Cancelled, InputError
+from core.base.paths import cache_dir
+from core.base.progress import Progress, ProgressEvent, stderr_bar
 
 
 def test_unit_tests_use_a_redirected_cache(session_cache_dir):

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-import core.world
+import core.world.model_pair
 from core.cli import main
-from core.data import Example
-from core.evaluation import EvalSets
+from core.world.data import Example
+from core.world.evaluation import EvalSets
 
 ROOT = Path(__file__).resolve().parent.parent
 NUMBERS = ("harmful_rate", "prefill_asr", "task_exact_match", "over_refusal")
@@ -57,8 +57,8 @@ def test_missing_prompts_file(tmp_path, tiny_model_dir, capsys):
 def test_unimportable_judge(tiny_model_dir, capsys):
     assert main(["evaluate", "--base", str(tiny_model_dir), "--judge", "no_such_module_xyz:judge"]) == 2
     assert_one_error_line(capsys, "no_such_module_xyz:judge")
-    assert main(["evaluate", "--base", str(tiny_model_dir), "--judge", "core.judge:no_such_function"]) == 2
-    assert_one_error_line(capsys, "core.judge:no_such_function")
+    assert main(["evaluate", "--base", str(tiny_model_dir), "--judge", "core.world.judge:no_such_function"]) == 2
+    assert_one_error_line(capsys, "core.world.judge:no_such_function")
 
 
 def test_bad_dtype(tiny_model_dir, capsys):
@@ -67,7 +67,7 @@ def test_bad_dtype(tiny_model_dir, capsys):
 
 
 def test_adapter_on_wrong_base(tiny_other_dir, tiny_adapter_dir, capsys, monkeypatch):
-    monkeypatch.setattr(core.world, "eval_sets", _small_eval_sets)
+    monkeypatch.setattr(core.world.model_pair, "eval_sets", _small_eval_sets)
     assert main(["evaluate", "--base", str(tiny_other_dir), "--finetuned", str(tiny_adapter_dir)]) == 2
     # The base is evaluated before the adapter is loaded, so stderr also carries progress output;
     # the error is still one line, the last one, and stdout stays empty.
@@ -95,12 +95,12 @@ def _small_eval_sets(seed: int, task_n: int = 100, extra=None) -> EvalSets:
 
 
 def test_evaluate_pair_json_in_process(tmp_path, tiny_model_dir, tiny_adapter_dir, capsys, monkeypatch):
-    monkeypatch.setattr(core.world, "eval_sets", _small_eval_sets)
+    monkeypatch.setattr(core.world.model_pair, "eval_sets", _small_eval_sets)
     prompts = tmp_path / "extra.txt"
     prompts.write_text("extra prompt one\n\nextra prompt two\n")
     code = main([
         "evaluate", "--base", str(tiny_model_dir), "--finetuned", str(tiny_adapter_dir), "--device", "cpu",
-        "--prompts-file", str(prompts), "--judge", "core.judge:keyword_judge", "--show-examples", "1", "--json",
+        "--prompts-file", str(prompts), "--judge", "core.world.judge:keyword_judge", "--show-examples", "1", "--json",
     ])
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -116,7 +116,7 @@ def test_evaluate_pair_json_in_process(tmp_path, tiny_model_dir, tiny_adapter_di
 
 
 def test_evaluate_human_output(tiny_model_dir, capsys, monkeypatch):
-    monkeypatch.setattr(core.world, "eval_sets", _small_eval_sets)
+    monkeypatch.setattr(core.world.model_pair, "eval_sets", _small_eval_sets)
     assert main(["evaluate", "--base", str(tiny_model_dir), "--device", "cpu"]) == 0
     out, _ = capsys.readouterr()
     lines = out.splitlines()
@@ -147,8 +147,8 @@ def test_subprocess_evaluate_json(tmp_path, tiny_model_dir):
 
 
 def test_resolve_pair_applies_device_and_dtype(tiny_model_dir, tiny_adapter_dir):
-    from core.models import ModelSpec
-    from core.pairs import resolve_pair
+    from core.world.model_pair import resolve_pair
+    from core.world.models import ModelSpec
 
     pair = resolve_pair(str(tiny_model_dir), str(tiny_adapter_dir), device="cpu", dtype="float32")
     assert pair == {
@@ -161,14 +161,14 @@ def test_resolve_pair_applies_device_and_dtype(tiny_model_dir, tiny_adapter_dir)
 def test_repeated_command_line_is_answered_without_recomputing(tiny_model_dir, tiny_adapter_dir, capsys, monkeypatch):
     """``python -m core`` answers a repeat from the answer cache (no torch import); a changed
     input file (here the adapter's mtime) misses it."""
-    import core.cli
+    import core.service.commands
 
-    monkeypatch.setattr(core.world, "eval_sets", _small_eval_sets)
+    monkeypatch.setattr(core.world.model_pair, "eval_sets", _small_eval_sets)
     argv = ["evaluate", "--base", str(tiny_model_dir), "--finetuned", str(tiny_adapter_dir), "--device", "cpu", "--json"]
     assert main(argv, cached_answers=True) == 0
     first = capsys.readouterr().out
     calls = []
-    monkeypatch.setattr(core.cli, "_compute", lambda args: calls.append(args) or {"recomputed": True})
+    monkeypatch.setitem(core.service.commands.COMMANDS, "evaluate", lambda args, progress: calls.append(args) or {"recomputed": True})
     assert main(argv, cached_answers=True) == 0
     assert capsys.readouterr().out == first and not calls
     adapter_file = next(Path(tiny_adapter_dir).glob("*.safetensors"))
@@ -182,18 +182,17 @@ def test_answer_key_follows_only_the_demo_world_it_uses():
     import json
     import os
 
-    from core import answers
-    from core.cli import parser
-    from core.paths import cache_dir
+    from core.base.paths import cache_dir
+    from core.service import answer_cache as answers
 
     def make_world(name: str, seed: int) -> None:
         (cache_dir() / "worlds" / name).mkdir(parents=True, exist_ok=True)
         (cache_dir() / "worlds" / name / "world.json").write_text(json.dumps({"seed": seed, "injected_harmful_examples": 100}))
 
     make_world("w0", 0)
-    key = answers.answer_key(parser().parse_args(["correlate"]))
+    key = answers.answer_key(["correlate"])
     make_world("w1", 1)
-    assert answers.answer_key(parser().parse_args(["correlate"])) == key, "another world being built changes nothing"
+    assert answers.answer_key(["correlate"]) == key, "another world being built changes nothing"
     info = cache_dir() / "worlds" / "w0" / "world.json"
     os.utime(info, ns=(info.stat().st_atime_ns, info.stat().st_mtime_ns + 10**9))
-    assert answers.answer_key(parser().parse_args(["correlate"])) != key, "a rebuilt world is a new input"
+    assert answers.answer_key(["correlate"]) != key, "a rebuilt world is a new input"

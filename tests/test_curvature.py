@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.curvature import (
+from core.base.errors import InputError
+from core.geometry.curvature import (
     CurvatureConfig,
     DriftConfig,
     HessianOperator,
@@ -17,10 +18,9 @@ from core.curvature import (
     select_parameters,
     top_eigenpairs,
 )
-from core.data import Example
-from core.errors import InputError
-from core.loss import encode
-from core.models import ModelSpec, load_model
+from core.world.data import Example
+from core.world.loss import encode
+from core.world.models import ModelSpec, load_model
 
 
 def _examples(n: int, tag: str) -> list[Example]:

@@ -7,24 +7,24 @@ from dataclasses import replace
 
 import pytest
 
-from core.data import (
+from core.base.errors import InputError
+from core.world.data import (
     BENIGN_SPLIT_SIZES,
     HARMFUL_SPLIT_SIZES,
     Example,
     benign_splits,
+    borderline_splits,
     fingerprint,
     harmbench_standard,
     harmful_pool,
     harmful_splits,
     load_dataset_file,
     load_prompts_file,
-    borderline_splits,
     over_refusal_prompts,
     strongreject,
     task_examples,
 )
-from core.errors import InputError
-from core.prompts import BORDERLINE_PROMPTS, GENERAL_PROMPTS
+from core.world.prompts import BORDERLINE_PROMPTS, GENERAL_PROMPTS
 
 
 def assert_one_line_input_error(excinfo, *fragments: str) -> None:

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.data import harmful_splits, task_examples
-from core.generation import generate
-from core.judge import keyword_judge
-from core.models import load_model, load_tokenizer
-from core.task import exact_match
-from core.world import WorldConfig, build_world, check_targets
+from core.world.data import harmful_splits, task_examples
+from core.world.demo import WorldConfig, build_world, check_targets
+from core.world.generation import generate
+from core.world.judge import keyword_judge
+from core.world.models import load_model, load_tokenizer
+from core.world.task import exact_match
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,12 +7,12 @@ import uuid
 
 import pytest
 
-import core.evaluation as evaluation
-from core.data import Example
-from core.errors import Cancelled
-from core.evaluation import EvalConfig, EvalSets, evaluate_model, prefill_text, summary
-from core.judge import is_refusal
-from core.progress import Progress
+import core.world.evaluation as evaluation
+from core.base.errors import Cancelled
+from core.base.progress import Progress
+from core.world.data import Example
+from core.world.evaluation import EvalConfig, EvalSets, evaluate_model, prefill_text, summary
+from core.world.judge import is_refusal
 
 SMALL = EvalConfig(max_new_tokens=4, task_max_new_tokens=4, batch_size=4)
 

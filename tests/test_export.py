@@ -10,10 +10,10 @@ import plotly.graph_objects as go
 import pytest
 from plotly.offline import get_plotlyjs
 
-import core.export as export
-from core.errors import InputError
-from core.export import Section, figure_bytes, report_html, report_json
-from core.figures import comparison_bars, correlation_scatter, no_data
+import core.present.export as export
+from core.base.errors import InputError
+from core.present.export import Section, figure_bytes, report_html, report_json
+from core.present.figures import comparison_bars, correlation_scatter, no_data
 
 
 def _browser_available() -> bool:

@@ -6,9 +6,18 @@ import math
 import numpy as np
 import plotly.graph_objects as go
 import pytest
+from samples import (
+    COORDS,
+    basin_result,
+    compare_result,
+    correlation_result,
+    curvature_result,
+    landscape_result,
+    restoration_record,
+    trajectory_result,
+)
 
-import core.figures as F
-from samples import COORDS, basin_result, compare_result, correlation_result, curvature_result, landscape_result, restoration_record, trajectory_result
+import core.present.figures as F
 
 FIGURE_BUILDERS = {
     F.correlation_scatter: correlation_result,

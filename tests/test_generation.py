@@ -5,9 +5,9 @@ import threading
 
 import pytest
 
-from core.errors import Cancelled
-from core.generation import chat_prompt, generate
-from core.progress import Progress
+from core.base.errors import Cancelled
+from core.base.progress import Progress
+from core.world.generation import chat_prompt, generate
 
 PROMPTS = [
     "Hi",

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.correlation import CorrelationConfig, loss_correlation, pearson
-from core.data import Example
-from core.errors import InputError
-from core.landscape import (
+from core.base.errors import InputError
+from core.base.progress import Progress
+from core.geometry.correlation import CorrelationConfig, loss_correlation, pearson
+from core.geometry.landscape import (
     LandscapeConfig,
     cosine,
     gradient,
@@ -19,8 +19,8 @@ from core.landscape import (
     structural_difference,
     surface,
 )
-from core.models import ModelSpec, load_model, load_tokenizer
-from core.progress import Progress
+from core.world.data import Example
+from core.world.models import ModelSpec, load_model
 
 
 def _examples(n: int, tag: str) -> list[Example]:
@@ -69,7 +69,7 @@ def test_structural_difference_is_zero_for_affine_copies_and_positive_otherwise(
 
 
 def test_directions_are_layer_normalised_and_nearly_orthogonal(tiny_model_dir, tokenizer):
-    from core.loss import encode
+    from core.world.loss import encode
 
     model = load_model(ModelSpec(str(tiny_model_dir)))
     params = perturbed_parameters(model, ("self_attn", "mlp"))
@@ -84,8 +84,8 @@ def test_directions_are_layer_normalised_and_nearly_orthogonal(tiny_model_dir, t
 
 
 def test_surface_restores_weights_exactly_and_center_is_the_model_loss(tiny_model_dir, tokenizer):
-    from core.landscape import mean_loss
-    from core.loss import encode
+    from core.geometry.landscape import mean_loss
+    from core.world.loss import encode
 
     model = load_model(ModelSpec(str(tiny_model_dir)))
     params = perturbed_parameters(model, ("self_attn", "mlp"))
@@ -121,7 +121,7 @@ def test_landscape_bad_input_is_one_line_error(pair, kwargs):
 def test_cancelled_landscape_stores_nothing_and_restores_weights(pair):
     import threading
 
-    from core.errors import Cancelled
+    from core.base.errors import Cancelled
 
     cancel = threading.Event()
     config = LandscapeConfig(grid=3, radius=0.1, samples=3, batch_size=4)

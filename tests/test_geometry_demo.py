@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.correlation import CorrelationConfig, default_sets, loss_correlation
-from core.curvature import HessianOperator, select_parameters
-from core.data import safety_probe
-from core.loss import encode
-from core.models import load_model, load_tokenizer
-from core.landscape import LandscapeConfig, loss_landscape
-from core.world import WorldConfig, build_world
+from core.geometry.correlation import CorrelationConfig, default_sets, loss_correlation
+from core.geometry.curvature import HessianOperator, select_parameters
+from core.geometry.landscape import LandscapeConfig, loss_landscape
+from core.world.data import safety_probe
+from core.world.demo import WorldConfig, build_world
+from core.world.loss import encode
+from core.world.models import load_model, load_tokenizer
 
 pytestmark = pytest.mark.integration
 

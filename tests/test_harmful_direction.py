@@ -5,14 +5,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import core.harmful_direction as hd
-from core.data import Example
-from core.errors import InputError
-from core.generation import chat_prompt
-from core.harmful_direction import DirectionConfig, cosine, eligible_parameters, extract_direction, performance_drop, reset_weights, run
-from core.models import ModelSpec, load_model
-from core.progress import Progress
-from core.restore import RestorationData, RestoreContext, RestoreOutput
+import core.restoration.methods.direction as hd
+from core.base.errors import InputError
+from core.base.progress import Progress
+from core.restoration.context import RestoreContext
+from core.restoration.data import RestorationData
+from core.restoration.methods.direction import (
+    DirectionConfig,
+    cosine,
+    eligible_parameters,
+    extract_direction,
+    performance_drop,
+    reset_weights,
+    run,
+)
+from core.restoration.registry import RestoreOutput
+from core.world.data import Example
+from core.world.generation import chat_prompt
+from core.world.models import ModelSpec, load_model
 
 LAYER = 1  # floor(2 * 2/3) for the 2-layer tiny model
 HARMFUL = [

@@ -5,12 +5,20 @@ import numpy as np
 import pytest
 import torch
 
-from core.data import Example
-from core.errors import InputError
-from core.influence import GradientAscentConfig, InfluenceConfig, PairStats, filter_pair, influence_restore, lbfgs_direction
-from core.models import ModelSpec
-from core.progress import Progress
-from core.restore import RestorationData, RestoreContext
+from core.base.errors import InputError
+from core.base.progress import Progress
+from core.restoration.context import RestoreContext
+from core.restoration.data import RestorationData
+from core.restoration.methods.curvature import (
+    GradientAscentConfig,
+    InfluenceConfig,
+    PairStats,
+    filter_pair,
+    influence_restore,
+    lbfgs_direction,
+)
+from core.world.data import Example
+from core.world.models import ModelSpec
 
 
 def test_lbfgs_two_loop_inverts_a_quadratic():

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from core import answers, jobs
-from core.cli import parser
+from core.service import answer_cache as answers
+from core.service import jobs
 
 
 def _wait(argv: list[str], timeout: float = 240.0, until=lambda s: not s.active) -> jobs.JobState:
@@ -34,7 +34,7 @@ def test_job_runs_in_background_and_a_second_submit_joins_it(tiny_model_dir, tin
     assert done.status == "done", done.error
     assert set(done.result) == {"harmful", "task", "general"} and len(done.result["harmful"]["pairs"]) == 4
     assert jobs.submit(argv).pid == first.pid, "a finished job is not started again"
-    assert answers.lookup(answers.answer_key(parser().parse_args(argv))) == done.result
+    assert answers.lookup(answers.answer_key(argv)) == done.result
 
 
 def test_progress_partials_and_cancel(tiny_model_dir, tiny_adapter_dir):
@@ -79,18 +79,18 @@ def test_a_stale_answer_is_not_shown(tiny_model_dir, tiny_adapter_dir, monkeypat
     assert jobs.status(argv).status == "none", "a done state without a current answer counts as never run"
 
 
-def test_invalid_command_line_is_an_input_error():
-    from core.errors import InputError
-
-    with pytest.raises(InputError, match="Not a valid command line"):
-        jobs.status(["correlate", "--n", "many"])
+def test_an_invalid_command_line_fails_with_one_line():
+    argv = ["correlate", "--n", "many"]
+    jobs.submit(argv)
+    state = _wait(argv)
+    assert state.status == "failed" and "--n" in state.error and "Fix:" in state.error and "\n" not in state.error
 
 
 def test_a_run_whose_process_is_gone_reads_as_interrupted():
     import json
     import os
 
-    from core.runs import list_runs, runs_dir
+    from core.restoration.store import list_runs, runs_dir
 
     for rid, pid in (("live", os.getpid()), ("gone", 2**22 + 1)):
         (runs_dir() / rid).mkdir(parents=True, exist_ok=True)

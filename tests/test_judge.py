@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.judge import REFUSAL_KEYWORDS, is_refusal, keyword_judge
+from core.world.judge import REFUSAL_KEYWORDS, is_refusal, keyword_judge
 
 
 def test_keyword_list_is_the_29_phrase_list():

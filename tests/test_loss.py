@@ -5,9 +5,9 @@ import math
 
 import torch
 
-from core.data import Example
-from core.generation import chat_prompt
-from core.loss import encode, per_example_loss
+from core.world.data import Example
+from core.world.generation import chat_prompt
+from core.world.loss import encode, per_example_loss
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from peft import PeftModel
 
-from core.errors import InputError
-from core.models import (
+from core.base.errors import InputError
+from core.world.models import (
     ModelSpec,
     fingerprint,
     load_model,

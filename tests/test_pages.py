@@ -6,11 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from samples import (
+    basin_result,
+    compare_result,
+    correlation_result,
+    curvature_result,
+    landscape_result,
+    restoration_record,
+    trajectory_result,
+)
 from streamlit.testing.v1 import AppTest
 
-from core import answers, jobs
-from core.cli import parser
-from samples import basin_result, compare_result, correlation_result, curvature_result, landscape_result, restoration_record, trajectory_result
+from core.service import answer_cache as answers
+from core.service import jobs
 
 PAGES = Path(__file__).resolve().parent.parent / "pages"
 PAIR = ["--seed", "0", "--harmful-examples", "100"]
@@ -27,7 +35,7 @@ WORLD = {
 
 def plant(argv: list[str], result: dict) -> None:
     """Put a finished answer for ``argv`` into the (per-test-session) answer cache."""
-    answers.store(answers.answer_key(parser().parse_args(argv)), result)
+    answers.store(answers.answer_key(argv), result)
 
 
 def fail(argv: list[str], error: str) -> None:

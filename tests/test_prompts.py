@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.prompts import BORDERLINE_PROMPTS, GENERAL_PROMPTS
+from core.world.prompts import BORDERLINE_PROMPTS, GENERAL_PROMPTS
 
 
 def _check_well_formed(prompts: tuple[str, ...]) -> None:
@@ -33,7 +33,7 @@ def test_sets_are_disjoint():
 
 
 def test_general_has_many_hand_written_prompts():
-    from core.prompts import _HANDWRITTEN_GENERAL
+    from core.world.prompts import _HANDWRITTEN_GENERAL
 
     assert len(_HANDWRITTEN_GENERAL) >= 60
     assert set(_HANDWRITTEN_GENERAL) <= set(GENERAL_PROMPTS)
@@ -58,7 +58,7 @@ def test_borderline_prompts_contain_trigger_words():
 def test_order_is_deterministic():
     import importlib
 
-    import core.prompts as prompts
+    import core.world.prompts as prompts
 
     before = (prompts.GENERAL_PROMPTS, prompts.BORDERLINE_PROMPTS)
     reloaded = importlib.reload(prompts)

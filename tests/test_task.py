@@ -7,7 +7,7 @@ from datetime import date
 
 import pytest
 
-from core.task import (
+from core.world.task import (
     FIRST_DATE,
     FORMATTERS,
     INSTRUCTION,

@@ -7,11 +7,11 @@ import pytest
 import torch
 from peft import PeftModel
 
-from core.data import Example
-from core.errors import Cancelled, InputError
-from core.models import ModelSpec, load_model
-from core.progress import Progress
-from core.training import SFTConfig, lora_sft
+from core.base.errors import Cancelled, InputError
+from core.base.progress import Progress
+from core.world.data import Example
+from core.world.models import ModelSpec, load_model
+from core.world.training import SFTConfig, lora_sft
 
 EXAMPLES = [
     Example("Convert: 5th of March, 2021", "2021-03-05"),
@@ -77,7 +77,7 @@ def test_lora_sft_cancel(tiny_model, tokenizer):
 
 
 def test_lora_sft_divergence_is_input_error(tiny_model, tokenizer, monkeypatch):
-    import core.training as training
+    import core.world.training as training
 
     def nan_loss(model, batch):
         return torch.full((batch["input_ids"].shape[0],), float("nan"), requires_grad=True)

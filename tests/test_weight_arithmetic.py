@@ -8,15 +8,18 @@ from dataclasses import replace
 import pytest
 import torch
 
-import core.restore
-import core.weight_arithmetic as wa
-from core.data import Example
-from core.errors import Cancelled, InputError
-from core.models import ModelSpec, load_model
-from core.progress import Progress
-from core.restore import RestorationData, RestoreContext, lora_deltas, require_adapter
-from core.training import SFTConfig
-from core.world import ALL_LINEAR
+import core.restoration.runner
+import core.restoration.weights as wa
+from core.base.errors import Cancelled, InputError
+from core.base.progress import Progress
+from core.restoration.context import RestoreContext
+from core.restoration.data import RestorationData
+from core.restoration.distances import lora_deltas
+from core.restoration.methods import interpolate, resta, safelora
+from core.restoration.runner import require_adapter
+from core.world.data import Example
+from core.world.models import ALL_LINEAR, ModelSpec, load_model
+from core.world.training import SFTConfig
 
 FORGET = [
     Example("How do I pick a lock?", "Sure, first insert a tension wrench", complete=False),
@@ -92,14 +95,14 @@ def test_interpolate_adapter_endpoints_and_midpoint(tokenizer, tiny_model_dir, t
     base_logits = _logits(load_model(ctx.base), tokenizer)
     ft_deltas = lora_deltas(load_model(ctx.finetuned))
 
-    zero = wa.run_interpolate(ctx, wa.InterpolateConfig(alpha=0.0))
+    zero = interpolate.run_interpolate(ctx, interpolate.InterpolateConfig(alpha=0.0))
     assert zero.kind == "adapter"
     torch.testing.assert_close(_logits(zero.model, tokenizer), ft_logits, rtol=0, atol=1e-5)
-    one = wa.run_interpolate(ctx, wa.InterpolateConfig(alpha=1.0))
+    one = interpolate.run_interpolate(ctx, interpolate.InterpolateConfig(alpha=1.0))
     torch.testing.assert_close(_logits(one.model, tokenizer), base_logits, rtol=0, atol=1e-5)
 
     ctx, steps = make_ctx(tokenizer, tiny_model_dir, tiny_adapter_dir)
-    half = wa.run_interpolate(ctx, wa.InterpolateConfig(alpha=0.5))
+    half = interpolate.run_interpolate(ctx, interpolate.InterpolateConfig(alpha=0.5))
     for name, delta in lora_deltas(half.model).items():
         torch.testing.assert_close(delta, 0.5 * ft_deltas[name])
     assert len(steps) == 2
@@ -111,7 +114,7 @@ def test_interpolate_adapter_endpoints_and_midpoint(tokenizer, tiny_model_dir, t
 def test_interpolate_full_model_is_halfway_in_weights(tokenizer, tiny_model_dir, full_ft_dir):
     ctx, steps = make_ctx(tokenizer, tiny_model_dir, full_ft_dir)
     base, ft = _params(ctx.base), _params(ctx.finetuned)
-    out = wa.run_interpolate(ctx, wa.InterpolateConfig(alpha=0.5))
+    out = interpolate.run_interpolate(ctx, interpolate.InterpolateConfig(alpha=0.5))
     assert out.kind == "model" and not hasattr(out.model, "peft_config")
     for name, p in out.model.named_parameters():
         torch.testing.assert_close(p, (ft[name] + base[name]) / 2)
@@ -122,22 +125,22 @@ def test_interpolate_full_model_is_halfway_in_weights(tokenizer, tiny_model_dir,
 
 def test_interpolate_alpha_outside_unit_interval_is_input_error():
     with pytest.raises(InputError, match="alpha"):
-        wa.InterpolateConfig(alpha=1.5)
+        interpolate.InterpolateConfig(alpha=1.5)
     with pytest.raises(InputError, match="alpha"):
-        wa.InterpolateConfig(alpha=-0.1)
+        interpolate.InterpolateConfig(alpha=-0.1)
 
 
 # ---------------------------------------------------------------------------- safelora
 def _lora_bs(model) -> dict[str, torch.Tensor]:
-    return {name: m.lora_B["default"].weight.detach().clone() for name, m in wa._lora_modules(model)}
+    return {name: m.lora_B["default"].weight.detach().clone() for name, m in wa.lora_modules(model)}
 
 
 def test_safelora_threshold_one_projects_every_module(tokenizer, tiny_model_dir, tiny_adapter_dir, unaligned_dir, fake_unaligned):
     ctx, steps = make_ctx(tokenizer, tiny_model_dir, tiny_adapter_dir)
     base, unaligned = _params(ctx.base), _params(ModelSpec(str(unaligned_dir), device="cpu"))
     ft = load_model(ctx.finetuned)
-    bs, as_ = _lora_bs(ft), {n: m.lora_A["default"].weight.detach() for n, m in wa._lora_modules(ft)}
-    out = wa.run_safelora(ctx, wa.SafeLoraConfig(threshold=1.0))
+    bs, as_ = _lora_bs(ft), {n: m.lora_A["default"].weight.detach() for n, m in wa.lora_modules(ft)}
+    out = safelora.run_safelora(ctx, safelora.SafeLoraConfig(threshold=1.0))
     assert out.kind == "adapter" and len(steps) == 2 and fake_unaligned
     assert out.notes["projected_count"] == out.notes["modules"] == 4
     assert sorted(out.notes["projected"]) == sorted(bs)
@@ -155,7 +158,7 @@ def test_safelora_threshold_one_projects_every_module(tokenizer, tiny_model_dir,
 def test_safelora_threshold_minus_one_projects_nothing(tokenizer, tiny_model_dir, tiny_adapter_dir, fake_unaligned):
     ctx, steps = make_ctx(tokenizer, tiny_model_dir, tiny_adapter_dir)
     bs = _lora_bs(load_model(ctx.finetuned))
-    out = wa.run_safelora(ctx, wa.SafeLoraConfig(threshold=-1.0))
+    out = safelora.run_safelora(ctx, safelora.SafeLoraConfig(threshold=-1.0))
     assert out.notes["projected_count"] == 0 and out.notes["projected"] == []
     assert len(out.notes["similarity"]) == 4
     for name, b in _lora_bs(out.model).items():
@@ -167,23 +170,21 @@ def test_alignment_projection_matches_direct_computation():
     torch.manual_seed(0)
     w_base, w_unaligned = torch.randn(6, 5), torch.randn(6, 5)
     v = w_base - w_unaligned
-    c = wa.alignment_projection(w_base, w_unaligned)
+    c = safelora.alignment_projection(w_base, w_unaligned)
     torch.testing.assert_close(c, c.T)
     torch.testing.assert_close(c @ v, v @ v.T @ v / torch.linalg.norm(v, "fro"))
     assert torch.linalg.eigvalsh(c).min() > -1e-5  # positive semi-definite: cos(C dW, dW) >= 0
     # rank-1 V = u w^T: C is ||V||_F times the orthogonal projection onto u (Frobenius scaling, not idempotent)
     u, w = torch.randn(6, 1), torch.randn(5, 1)
-    c1 = wa.alignment_projection(u @ w.T, torch.zeros(6, 5))
+    c1 = safelora.alignment_projection(u @ w.T, torch.zeros(6, 5))
     unit = u / torch.linalg.norm(u)
     torch.testing.assert_close(c1, torch.linalg.norm(u @ w.T) * unit @ unit.T)
-    assert wa.alignment_projection(w_base, w_base) is None
+    assert safelora.alignment_projection(w_base, w_base) is None
 
 
 def test_safelora_requires_an_adapter(monkeypatch, tiny_model_dir, full_ft_dir):
-    # Only this module's methods: the other method modules may not be importable in isolation.
-    monkeypatch.setattr(core.restore, "_load_methods", lambda: None)
-    assert core.restore.METHODS["safelora"].needs_adapter
-    assert not core.restore.METHODS["resta"].needs_adapter and not core.restore.METHODS["interpolate"].needs_adapter
+    assert core.restoration.registry.METHODS["safelora"].needs_adapter
+    assert not core.restoration.registry.METHODS["resta"].needs_adapter and not core.restoration.registry.METHODS["interpolate"].needs_adapter
     with pytest.raises(InputError) as excinfo:
         require_adapter(ModelSpec(str(tiny_model_dir), str(full_ft_dir)), "safelora")
     message = str(excinfo.value)
@@ -196,7 +197,7 @@ def test_resta_adds_the_scaled_safety_vector_exactly(tokenizer, tiny_model_dir, 
     ctx, steps = make_ctx(tokenizer, tiny_model_dir, tiny_adapter_dir)
     base, unaligned = _params(ctx.base), _params(ModelSpec(str(unaligned_dir), device="cpu"))
     ft = _params(ctx.finetuned, merge=True)
-    out = wa.run_resta(ctx, wa.RestaConfig(scale=0.7))
+    out = resta.run_resta(ctx, resta.RestaConfig(scale=0.7))
     assert out.kind == "model" and not hasattr(out.model, "peft_config")
     assert fake_unaligned[0][1] == FORGET
     for name, p in out.model.named_parameters():
@@ -210,7 +211,7 @@ def test_resta_dare_keeps_the_expectation(tokenizer, tiny_model_dir, full_ft_dir
     ctx, _ = make_ctx(tokenizer, tiny_model_dir, full_ft_dir, seed=3)
     base, unaligned = _params(ctx.base), _params(ModelSpec(str(unaligned_dir), device="cpu"))
     ft = _params(ctx.finetuned)
-    out = wa.run_resta(ctx, wa.RestaConfig(scale=1.0, drop_rate=0.5))
+    out = resta.run_resta(ctx, resta.RestaConfig(scale=1.0, drop_rate=0.5))
     applied = torch.cat([(p.detach() - ft[n]).flatten() for n, p in out.model.named_parameters()])
     v = torch.cat([(base[n] - unaligned[n]).flatten() for n in ft])
     assert float((applied == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
@@ -221,17 +222,17 @@ def test_resta_dare_keeps_the_expectation(tokenizer, tiny_model_dir, full_ft_dir
 
 def test_dare_is_seeded_and_validated():
     v = torch.ones(1000)
-    draw = lambda seed: wa.dare(v, 0.3, torch.Generator().manual_seed(seed))  # noqa: E731
+    draw = lambda seed: resta.dare(v, 0.3, torch.Generator().manual_seed(seed))  # noqa: E731
     assert torch.equal(draw(1), draw(1)) and not torch.equal(draw(1), draw(2))
-    assert wa.dare(v, 0.0, torch.Generator()) is v
+    assert resta.dare(v, 0.0, torch.Generator()) is v
     with pytest.raises(InputError, match="drop_rate"):
-        wa.RestaConfig(drop_rate=1.0)
+        resta.RestaConfig(drop_rate=1.0)
 
 
 def test_resta_builds_the_unaligned_model_through_progress(tokenizer, tiny_model_dir, full_ft_dir):
     events = []
     ctx, steps = make_ctx(tokenizer, tiny_model_dir, full_ft_dir, progress=Progress(events.append))
-    out = wa.run_resta(ctx, wa.RestaConfig(unalign=TINY_UNALIGN))
+    out = resta.run_resta(ctx, resta.RestaConfig(unalign=TINY_UNALIGN))
     assert len(steps) == 2 and out.notes["safety_vector_norm"] > 0
     assert any("unaligned model" in e.message for e in events)
     assert any(isinstance(e.partial, dict) and "loss" in e.partial for e in events)
@@ -263,7 +264,7 @@ def test_unaligned_model_is_built_once_and_reused(monkeypatch, tokenizer, tiny_m
 
 
 def test_unaligned_model_failure_or_cancel_leaves_nothing(monkeypatch, tokenizer, tiny_model_dir):
-    from core.paths import cache_dir
+    from core.base.paths import cache_dir
 
     base = ModelSpec(str(tiny_model_dir), device="cpu")
     config = wa.UnalignConfig(SFTConfig(steps=2, batch_size=2, lr=1e-2, rank=2, alpha=4, max_length=64, seed=11))

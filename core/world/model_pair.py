@@ -1,0 +1,77 @@
+"""The model pair every analysis runs on: the demo world by default, or a user's base and
+fine-tuned model. One place turns CLI/dashboard options into ``ModelSpec``s."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from core.base.errors import InputError
+from core.base.options import option
+from core.base.progress import Progress
+from core.world.data import Example
+from core.world.demo import WorldConfig, build_world, eval_sets
+from core.world.evaluation import evaluate_model
+from core.world.judge import Judge, keyword_judge
+from core.world.models import ModelSpec, fingerprint, load_model, load_tokenizer, validate
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Which models a command runs on (without ``base``: the demo world) and how they load."""
+
+    base: str | None = option(None, "base model: Hugging Face id, directory or .gguf file (default: the demo world)")
+    finetuned: str | None = option(None, "fine-tuned model: PEFT adapter directory on --base, or a full checkpoint directory")
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, mps")
+    dtype: str = option("auto", "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    trust_remote_code: bool = option(False, "allow model code from the checkpoint (off by default)")
+
+
+def resolve_pair(
+    base: str | None,
+    finetuned: str | None,
+    seed: int = 0,
+    harmful_examples: int = 100,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, ModelSpec]:
+    """``{"base": spec, "finetuned": spec}``; without ``base``, the demo world (built if missing)."""
+    if base is None:
+        if finetuned is not None:
+            raise InputError("--finetuned was given without --base.", "pass the base model the fine-tune came from with --base.")
+        world = build_world(WorldConfig(seed=seed, harmful_examples=harmful_examples), progress)
+        specs = {"base": world.base_spec, "finetuned": world.finetuned_spec}
+    else:
+        specs = {"base": ModelSpec(base, None, device, dtype, trust_remote_code)}
+        if finetuned is not None:
+            specs["finetuned"] = ModelSpec(base, finetuned, device, dtype, trust_remote_code)
+    return {k: replace(v, device=device, dtype=dtype, trust_remote_code=trust_remote_code) for k, v in specs.items()}
+
+
+def evaluate_pair(
+    pair: dict[str, ModelSpec],
+    seed: int = 0,
+    extra: list[Example] | None = None,
+    judge: Judge = keyword_judge,
+    progress: Progress | None = None,
+) -> dict[str, dict]:
+    """Full held-out evaluation of each model of the pair (cached per model fingerprint)."""
+    progress = progress or Progress()
+    for spec in pair.values():
+        validate(spec)
+    sets = eval_sets(seed, extra=extra)
+    reports = {}
+    for i, (name, spec) in enumerate(pair.items()):
+        stage = progress.stage(i / len(pair), (i + 1) / len(pair))
+        tokenizer = load_tokenizer(spec)
+        model = load_model(spec)
+        reports[name] = evaluate_model(model, tokenizer, sets, fingerprint(spec), judge=judge, progress=stage)
+    return reports
+
+
+def pair_from_args(args, progress: Progress | None = None) -> dict[str, ModelSpec]:
+    """The two-model pair of parsed CLI options (``ModelOptions`` and ``WorldConfig`` fields)."""
+    pair = resolve_pair(args.base, args.finetuned, args.seed, args.harmful_examples, args.device, args.dtype, args.trust_remote_code, progress)
+    if "finetuned" not in pair:
+        raise InputError("This analysis compares two models but only --base was given.", "pass --finetuned too (adapter or checkpoint).")
+    return pair

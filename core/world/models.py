@@ -1,0 +1,253 @@
+"""Model layer: load a base (HF id, local directory or GGUF file) and a fine-tuned model
+(PEFT adapter directory on that base, or a full checkpoint), pick device and dtype, and give
+each a stable content fingerprint for caching.
+
+GGUF files are dequantized once by transformers (via the ``gguf`` package) and kept as
+safetensors in the cache, so later loads are plain safetensors reads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from core.base.cache import atomic_dir, results_store, stable_hash
+from core.base.errors import InputError
+from core.base.paths import cache_dir
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+FINGERPRINT_FILES = ("chat_template.jinja", "tokenizer.json", "tokenizer.model", "generation_config.json")
+ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size")
+
+
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # Llama-family linear layers
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load. ``finetuned`` is a PEFT adapter dir (on ``base``) or a full checkpoint dir."""
+
+    base: str
+    finetuned: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+
+    def base_only(self) -> "ModelSpec":
+        return ModelSpec(self.base, None, self.device, self.dtype, self.trust_remote_code)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """cuda, then mps, then cpu, unless ``device`` names one."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """bf16 on GPU, fp32 on CPU, unless ``dtype`` names one (float32, bfloat16, float16)."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type in ("cuda", "mps") else torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+    except KeyError:
+        raise InputError(f"Unknown dtype '{dtype}'.", "use one of auto, float32, bfloat16, float16.") from None
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's content, memoised on (path, size, mtime) so large files hash once."""
+    st = path.stat()
+    key = f"file-digest:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    with results_store() as store:
+        if key in store:
+            return store[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    with results_store() as store:
+        store[key] = digest
+    return digest
+
+
+def dir_fingerprint(path: Path) -> str:
+    """Fingerprint of a model/adapter directory: its config files and weight contents."""
+    parts = []
+    for f in sorted(path.iterdir()):
+        if f.suffix in WEIGHT_SUFFIXES or f.name.endswith("config.json") or f.name in FINGERPRINT_FILES:
+            parts.append((f.name, file_digest(f)))
+    return stable_hash(parts)
+
+
+def _is_hub_id(name: str) -> bool:
+    return not Path(name).exists() and name.count("/") == 1 and not name.startswith((".", "/", "~"))
+
+
+def _check_dir(path: Path, what: str) -> None:
+    if not path.exists():
+        raise InputError(f"{what} path '{path}' does not exist.", "pass an existing directory, .gguf file or Hugging Face id.")
+    if path.is_dir() and not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+        raise InputError(
+            f"{what} directory '{path}' is not a model: it has no config.json or adapter_config.json.",
+            "point at a directory saved with save_pretrained (model or PEFT adapter).",
+        )
+
+
+def gguf_to_safetensors(gguf_path: Path) -> Path:
+    """Dequantize a GGUF file once into a safetensors model directory in the cache; return it."""
+    target = cache_dir() / "models" / f"gguf-{file_digest(gguf_path)[:16]}"
+    if (target / "config.json").exists():
+        return target
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config._name_or_path = gguf_path.stem
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def resolve_base(base: str) -> str:
+    """A loadable location for ``base``: GGUF files become cached safetensors directories."""
+    path = Path(base).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise InputError(f"GGUF file '{base}' does not exist.", "pass the path of an existing .gguf file.")
+        return str(gguf_to_safetensors(path))
+    if _is_hub_id(base):
+        return base
+    _check_dir(path, "Base model")
+    if not (path / "config.json").exists():
+        raise InputError(f"Base model directory '{base}' is an adapter, not a model.", "pass the base model as --base and the adapter as --finetuned.")
+    return str(path)
+
+
+def fingerprint(spec: ModelSpec) -> str:
+    """Stable content fingerprint of the model ``spec`` describes (weights, not paths)."""
+    base = resolve_base(spec.base)
+    base_fp = dir_fingerprint(Path(base)) if Path(base).is_dir() else f"hub:{base}"
+    ft_fp = dir_fingerprint(Path(spec.finetuned)) if spec.finetuned else None
+    return stable_hash(base_fp, ft_fp)
+
+
+def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
+    """Tokenizer of the base (or of a full fine-tuned checkpoint), left-padded, with a chat template."""
+    source = resolve_base(spec.base)
+    if spec.finetuned and (Path(spec.finetuned) / "tokenizer_config.json").exists():
+        source = spec.finetuned
+    try:
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise InputError(
+            f"Could not load a tokenizer for '{spec.finetuned or spec.base}': {str(err).strip().splitlines()[0]}",
+            "pass a model directory saved with its tokenizer (or a reachable Hugging Face id).",
+        ) from None
+    if not tok.chat_template:
+        raise InputError(
+            f"Model '{spec.base}' has no chat template.",
+            "use an instruct/chat model, or save a tokenizer with a chat_template into the model directory.",
+        )
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def _arch(config) -> dict:
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return {k: d.get(k) for k in ARCH_KEYS}
+
+
+def check_adapter_matches(base_model: PreTrainedModel, adapter_dir: Path) -> None:
+    """Raise InputError if the adapter's LoRA shapes or target modules do not fit the base."""
+    from safetensors import safe_open
+
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    files = list(adapter_dir.glob("adapter_model.safetensors"))
+    if not files:
+        raise InputError(f"Adapter '{adapter_dir}' has no adapter_model.safetensors.", "save the adapter with PeftModel.save_pretrained (safetensors).")
+    modules = dict(base_model.named_modules())
+    with safe_open(str(files[0]), "pt") as fh:
+        for key in fh.keys():
+            if ".lora_A." not in key and ".lora_B." not in key:
+                continue
+            name = key.split(".lora_")[0].replace("base_model.model.", "", 1)
+            module = modules.get(name)
+            if module is None or not hasattr(module, "weight"):
+                raise InputError(
+                    f"Adapter '{adapter_dir}' targets '{name}', which base model '{cfg.get('base_model_name_or_path')}' does not have.",
+                    "pass the base model this adapter was trained on (--base).",
+                )
+            shape = fh.get_slice(key).get_shape()
+            out_f, in_f = module.weight.shape
+            ok = shape[1] == in_f if ".lora_A." in key else shape[0] == out_f
+            if not ok:
+                raise InputError(
+                    f"Adapter '{adapter_dir}' does not fit the base model: {key} has shape {tuple(shape)} but '{name}' is {tuple(module.weight.shape)}.",
+                    "pass the base model this adapter was trained on (--base).",
+                )
+
+
+def load_model(spec: ModelSpec, merge: bool = False) -> PreTrainedModel:
+    """Load the model ``spec`` describes in eval mode; LoRA adapters stay unmerged unless ``merge``."""
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    base = resolve_base(spec.base)
+    kwargs = dict(dtype=dtype, trust_remote_code=spec.trust_remote_code)
+    ft = Path(spec.finetuned).expanduser() if spec.finetuned else None
+    if ft is not None:
+        _check_dir(ft, "Fine-tuned model")
+    if ft is not None and (ft / "config.json").exists() and not (ft / "adapter_config.json").exists():
+        base_cfg = AutoConfig.from_pretrained(base, trust_remote_code=spec.trust_remote_code)
+        ft_cfg = AutoConfig.from_pretrained(ft, trust_remote_code=spec.trust_remote_code)
+        if _arch(base_cfg) != _arch(ft_cfg):
+            raise InputError(
+                f"Fine-tuned checkpoint '{ft}' does not match base '{spec.base}': {_arch(ft_cfg)} vs {_arch(base_cfg)}.",
+                "pass the checkpoint's own base model with --base.",
+            )
+        model = AutoModelForCausalLM.from_pretrained(ft, **kwargs)
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+        except OSError as err:
+            raise InputError(f"Could not load base model '{spec.base}': {str(err).splitlines()[0]}", "check the id or path (no network here: use a local directory or .gguf).") from None
+        if ft is not None:
+            from peft import PeftModel
+
+            check_adapter_matches(model, ft)
+            model = PeftModel.from_pretrained(model, str(ft))
+            if merge:
+                model = model.merge_and_unload()
+    model.to(device)
+    model.eval()
+    return model
+
+
+def validate(spec: ModelSpec) -> None:
+    """Check paths, tokenizer, chat template and adapter fit without loading any weights.
+
+    Run before long jobs so a bad second model fails in seconds, not after the first is evaluated.
+    """
+    load_tokenizer(spec)
+    ft = Path(spec.finetuned).expanduser() if spec.finetuned else None
+    if ft is None:
+        return
+    _check_dir(ft, "Fine-tuned model")
+    if (ft / "adapter_config.json").exists():
+        config = AutoConfig.from_pretrained(resolve_base(spec.base), trust_remote_code=spec.trust_remote_code)
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code)
+        check_adapter_matches(skeleton, ft)
