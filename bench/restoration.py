@@ -19,14 +19,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.timing import median_time  # noqa: E402
 from core.base.progress import Progress, stderr_bar  # noqa: E402
+from core.restoration.compare import compare  # noqa: E402
+from core.restoration.data import restoration_data  # noqa: E402
 from core.restoration.methods.curvature import (  # noqa: E402
     InfluenceConfig,
     LoraObjective,
     curvature_pairs,
     lbfgs_direction,
 )
-from core.restoration.compare import compare  # noqa: E402
-from core.restoration.data import restoration_data  # noqa: E402
 from core.world.demo import WorldConfig, build_world  # noqa: E402
 from core.world.models import load_model, load_tokenizer  # noqa: E402
 

@@ -1,18 +1,13 @@
 """Safety basin: attack success under random weight perturbation (1-D lines, a 2-D plane) and the VISAGE score."""
 import streamlit as st
 
+from core.geometry.basin import BasinConfig
 from core.present import figures
 from pages import ui
 
 ui.page_header("Safety basin", "Harmful-prompt success rate as the weights move along random directions; VISAGE = mean of (100 - ASR) over the plane (higher: a wider safe basin).")
-with st.sidebar:
-    directions = st.number_input("Random directions (1-D)", 1, 10, 2)
-    points = st.number_input("Points per line (odd)", 3, 41, 9, step=2)
-    radius = st.number_input("Radius (fraction of each tensor's norm)", 0.01, 2.0, 0.5)
-    plane = st.number_input("Plane points per axis (odd, 0: none)", 0, 21, 5)
-    prompts = st.number_input("Prompts per point", 1, 100, 16)
-
-argv = ["basin", *ui.pair_args(), "--directions", str(directions), "--points", str(points), "--radius", str(radius), "--plane-points", str(plane), "--prompts", str(prompts)]
+_, opts = ui.options(BasinConfig, "basin")
+argv = ["basin", *ui.pair_args(), *opts]
 result = ui.analysis(argv, "safety basin", remember="basin")
 if result:
     cols = st.columns(len(result))

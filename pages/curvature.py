@@ -1,18 +1,14 @@
 """Curvature: the safety loss's Hessian spectrum, curvature coupling, the alignment-instability conditions, the drift monitor."""
 import streamlit as st
 
+from core.geometry.curvature import CurvatureConfig, DriftConfig
 from core.present import figures
 from pages import ui
 
 ui.page_header("Curvature", "Top eigenvalues of the safety-loss Hessian (Lanczos on Hessian-vector products), the task gradient's share in that eigenspace, and how the alignment loss drifts under benign fine-tuning.")
-with st.sidebar:
-    k = st.number_input("Top eigenpairs k", 1, 64, 8)
-    samples = st.number_input("Examples in each loss", 1, 256, 8)
-    params = st.text_input("Parameters", "lora", help="'lora' or comma-separated name parts, e.g. layers.20.mlp")
-    drift_steps = st.number_input("Drift-monitor steps (0: skip)", 0, 1000, 40)
-    every = st.number_input("Probe every (steps)", 1, 100, 4)
-
-argv = ["curvature", *ui.pair_args(), "--k", str(k), "--samples", str(samples), "--params", params, "--drift-steps", str(drift_steps), "--every", str(every)]
+_, curvature_opts = ui.options(CurvatureConfig, "curvature")
+_, drift_opts = ui.options(DriftConfig, "drift")
+argv = ["curvature", *ui.pair_args(), *curvature_opts, *drift_opts]
 
 
 def partial(events: list) -> None:

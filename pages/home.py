@@ -4,6 +4,8 @@ from pathlib import Path
 import streamlit as st
 
 from core.base.errors import InputError
+from core.base.options import help_of
+from core.world.choice import WorldChoice
 from core.world.data import BENIGN_SPLIT_SIZES, BORDERLINE_SPLIT_SIZES, HARMFUL_SPLIT_SIZES
 from pages import ui
 
@@ -18,8 +20,9 @@ def choose_pair() -> None:
         kind = st.radio("Models", ["Demo world (SmolLM2-135M, built on this machine)", "My models"], index=0 if ui.is_demo() else 1, horizontal=True)
         with st.form("pair-form"):
             c1, c2 = st.columns(2)
-            seed = c1.number_input("Data seed (splits)", 0, 10_000, p["seed"])
-            injected = c2.number_input("Harmful examples injected (demo fine-tune)", 0, 400, p["harmful_examples"], disabled=not kind.startswith("Demo"))
+            seed = c1.number_input("Data seed (splits)", 0, 10_000, p["seed"], help=help_of(WorldChoice, "seed"))
+            injected = c2.number_input("Harmful examples injected (demo fine-tune)", 0, 400, p["harmful_examples"],
+                                       disabled=not kind.startswith("Demo"), help=help_of(WorldChoice, "harmful_examples"))
             base = st.text_input("Base (aligned) model: Hugging Face id, directory or .gguf", p["base"], disabled=kind.startswith("Demo"))
             finetuned = st.text_input("Fine-tuned: PEFT adapter directory on the base, or a full checkpoint directory", p["finetuned"], disabled=kind.startswith("Demo"))
             if st.form_submit_button("Use this pair", type="primary"):

@@ -2,21 +2,19 @@
 import numpy as np
 import streamlit as st
 
+from core.geometry.landscape import LandscapeConfig
 from core.present import figures
 from pages import ui
 
-ui.page_header("Loss landscape", "Surfaces of the loss around each model along two gradient-informed directions; the structural difference compares their Laplacians (paper 1, eq. 8).")
-with st.sidebar:
-    grid = st.number_input("Grid points per axis", 3, 51, 9)
-    radius = st.number_input("Radius (fraction of weight norms)", 0.0001, 1.0, 0.005, format="%.4f")
-    samples = st.number_input("Samples per loss", 1, 256, 32)
-    directions = st.selectbox("Directions", ["gradient", "random"])
-
-argv = ["landscape", *ui.pair_args(), "--grid", str(grid), "--radius", str(radius), "--samples", str(samples), "--directions", directions]
+ui.page_header("Loss landscape", "Surfaces of the loss around each model along two gradient-informed directions; "
+               "the structural difference compares their Laplacians (paper 1, eq. 8).")
+values, opts = ui.options(LandscapeConfig, "landscape")
+argv = ["landscape", *ui.pair_args(), *opts]
 
 
 def partial(rows: list) -> None:
     """Rows of each surface appear as they finish."""
+    grid, radius = values["grid"], values["radius"]
     coords = np.linspace(-radius, radius, grid).tolist()
     surfaces: dict = {}
     for row in rows:
@@ -31,6 +29,7 @@ if result:
     diff = result["structural_difference"]
     cols = st.columns(len(diff))
     for col, (name, value) in zip(cols, diff.items()):
-        col.metric(f"Structural difference, {name}", f"{value:.2f}%", help=f"100 x (1 - Pearson r of the two surfaces' Laplacians); cosine of the two directions {result['cosine'][name]:.3f}")
+        tip = f"100 x (1 - Pearson r of the two surfaces' Laplacians); cosine of the two directions {result['cosine'][name]:.3f}"
+        col.metric(f"Structural difference, {name}", f"{value:.2f}%", help=tip)
     ui.figure(figures.landscape_surfaces(result), "loss-landscapes")
     ui.figure(figures.cross_section_figure(result), "landscape-cross-sections")

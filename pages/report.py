@@ -3,8 +3,11 @@ from datetime import date
 
 import streamlit as st
 
+import core.geometry.analyses  # noqa: F401  (importing it registers every analysis)
+from core.geometry.registry import ANALYSES
 from core.present import figures
 from core.present.export import Section, report_html, report_json
+from core.present.figures import FIGURES
 from core.restoration.store import list_runs
 from core.service import jobs
 from pages import ui
@@ -26,15 +29,10 @@ def sections() -> list[Section]:
     out = []
     if ui.is_demo() and (world := _answer(["world", *ui.pair_args(models=False)])):
         out.append(Section("Models", ui.pair_caption(), tables={"summary": [{"model": k, **v} for k, v in world["metrics"].items()]}, numbers={"metrics": world["metrics"]}))
-    if r := _answer(_argv("correlation", ["correlate", *ui.pair_args()])):
-        out.append(Section("Loss correlation", "Pearson r of base vs fine-tuned per-example losses.", [figures.correlation_scatter(r), figures.mean_loss_bars(r)], {"correlation": figures.correlation_table(r)}, {k: {m: v[m] for m in ("r", "ci_low", "ci_high", "p_value", "n")} for k, v in r.items()}))
-    if r := _answer(_argv("landscape", ["landscape", *ui.pair_args()])):
-        out.append(Section("Loss landscape", "Gradient-informed surfaces; structural difference = 100 (1 - r of the Laplacians).", [figures.landscape_surfaces(r), figures.cross_section_figure(r)], numbers={"structural_difference_percent": r["structural_difference"], "direction_cosine": r["cosine"]}))
-    if r := _answer(_argv("curvature", ["curvature", *ui.pair_args()])):
-        figs = [figures.hessian_spectrum(r)] + ([figures.drift_figure(r["drift"])] if r.get("drift") else [])
-        out.append(Section("Curvature", "Safety-Hessian spectrum, coupling and the alignment-instability conditions.", figs, {"conditions": figures.conditions_table(r)}, {"safety_eigenvalues": r["safety_eigenvalues"], "coupling": r["coupling"]}))
-    if r := _answer(_argv("basin", ["basin", *ui.pair_args()])):
-        out.append(Section("Safety basin", "ASR under random weight perturbation; VISAGE.", [figures.basin_curves(r), figures.basin_plane(r), figures.visage_bars(r)], numbers={k: {"visage": v["visage"], "visage_1d": v["visage_1d"]} for k, v in r.items()}))
+    for name, analysis in ANALYSES.items():
+        if r := _answer(_argv(name, [name, *ui.pair_args()])):
+            f = FIGURES[name]
+            out.append(Section(analysis.title, f.text, f.figures(r), f.tables(r), f.numbers(r)))
     restore_argv = _argv("restoration", [])
     if restore_argv and (r := _answer(restore_argv)):
         out.append(Section(f"Restoration: {r['method']}", f"Run {r['id']} ({r['status']}).", [figures.restoration_live(r)], {"before/after": figures.before_after_table(r)}, {"before": r["before"], "after": r["after"], "config": r["config"]}))

@@ -3,15 +3,16 @@ from pathlib import Path
 
 import streamlit as st
 
+import core.restoration.methods  # noqa: F401  (importing it registers every method)
+from core.base.paths import is_adapter_dir
 from core.present import figures
+from core.restoration.registry import METHODS, settable
 from core.restoration.store import list_runs
 from pages import ui
 
 ui.page_header("Restoration", "Take the drifted fine-tune back to the base model's safety while keeping the task: curvature-aware influence updates (paper 1), direction-based weight restoration (paper 2) and baselines.")
 PAPER_METHODS = ["curvature", "direction"]  # listed first; LoRA-only methods need an adapter
-methods = ui.analysis(["methods"], "method list", autostart=True)
-if not methods:
-    st.stop()
+methods = {name: {"summary": m.summary, "needs_adapter": m.needs_adapter, "params": settable(m.config())} for name, m in METHODS.items()}
 
 
 def _param_widget(method: str, name: str, default):
@@ -22,9 +23,9 @@ def _param_widget(method: str, name: str, default):
         return st.number_input(name, value=default, step=1, key=key)
     if isinstance(default, float):
         return st.number_input(name, value=default, format="%g", key=key)
-    if isinstance(default, list):
+    if isinstance(default, tuple):
         text = st.text_input(name, ",".join(str(x) for x in default), key=key)
-        return [type(default[0])(x) for x in text.split(",") if x.strip()] if default else text
+        return tuple(type(default[0])(x) for x in text.split(",") if x.strip()) if default else text
     return st.text_input(name, str(default), key=key)
 
 
@@ -37,7 +38,7 @@ def _params(method: str) -> list[str]:
             with cols[i % 3]:
                 value = _param_widget(method, name, default)
             if value != default:
-                out += ["--param", f"{name}={','.join(map(str, value)) if isinstance(value, list) else value}"]
+                out += ["--param", f"{name}={','.join(map(str, value)) if isinstance(value, tuple) else value}"]
     return out
 
 
@@ -54,7 +55,8 @@ def live_steps(events: list) -> None:
 
 def run_tab() -> None:
     """Pick a method and its parameters, launch it, watch it, see its before/after."""
-    full_checkpoint = not ui.is_demo() and Path(ui.pair()["finetuned"]).is_dir() and not (Path(ui.pair()["finetuned"]) / "adapter_config.json").exists()
+    finetuned = ui.pair()["finetuned"]
+    full_checkpoint = not ui.is_demo() and Path(finetuned).is_dir() and not is_adapter_dir(finetuned)
     names = sorted((m for m in methods if not (methods[m]["needs_adapter"] and full_checkpoint)), key=lambda m: (m not in PAPER_METHODS, PAPER_METHODS.index(m) if m in PAPER_METHODS else 0))
     method = st.selectbox("Method", names, format_func=lambda m: f"{m}: {methods[m]['summary']}")
     argv = ["restore", "--method", method, *ui.pair_args(), *_params(method)]

@@ -10,13 +10,15 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.base.errors import InputError
+from core.base.options import argv_for, default_of, defaults, user_fields
 from core.present import export
 from core.present.figures import apply_theme
 from core.service import jobs
+from core.world.choice import WorldChoice
 
 POLL_S = 2.0
 MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
-DEFAULT_PAIR = {"seed": 0, "harmful_examples": 100, "base": "", "finetuned": ""}
+DEFAULT_PAIR = {**defaults(WorldChoice), "base": "", "finetuned": ""}
 
 
 # ---------------------------------------------------------------------------- the model pair
@@ -45,7 +47,7 @@ def set_pair(**values: Any) -> None:
 def pair_args(models: bool = True) -> list[str]:
     """The command-line options naming this pair (and its data seed)."""
     p = pair()
-    args = ["--seed", str(p["seed"]), "--harmful-examples", str(p["harmful_examples"])]
+    args = argv_for(WorldChoice, p)  # defaults stay implicit: the page's command is the one a researcher types
     if models and p["base"]:
         args += ["--base", p["base"]]
     if models and p["finetuned"]:
@@ -63,6 +65,40 @@ def pair_caption() -> str:
     if is_demo():
         return f"Demo world · seed {p['seed']} · {p['harmful_examples']} harmful examples injected"
     return f"{p['base']} → {p['finetuned'] or '(no fine-tune)'} · data seed {p['seed']}"
+
+
+# ---------------------------------------------------------------------------- options
+def options(config: type, key: str, skip: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[str]]:
+    """Sidebar widgets for the user fields of a config dataclass, with its defaults and help
+    (``core.base.options``), and the command-line tokens of the values that differ from them."""
+    values: dict[str, Any] = {}
+    with st.sidebar:
+        for f in user_fields(config):
+            if f.name not in skip:
+                values[f.name] = _widget(f, f"{key}-{f.name}")
+    return values, argv_for(config, values)
+
+
+def _widget(f, key: str) -> Any:
+    default, meta = default_of(f), f.metadata
+    label, tip = meta["label"] or f.name.replace("_", " ").capitalize(), meta["help"]
+    if isinstance(default, bool):
+        return st.checkbox(label, default, help=tip, key=key)
+    if meta.get("choices"):
+        return st.selectbox(label, list(meta["choices"]), index=list(meta["choices"]).index(default), help=tip, key=key)
+    if isinstance(default, int):
+        return int(st.number_input(label, meta["low"], meta["high"], default, step=1, help=tip, key=key))
+    if isinstance(default, float):
+        return float(st.number_input(label, meta["low"], meta["high"], default, format="%g", help=tip, key=key))
+    if isinstance(default, tuple):
+        text = st.text_input(label, ",".join(map(str, default)), help=tip, key=key)
+        kind = type(default[0]) if default else str
+        try:
+            return tuple(kind(x.strip()) for x in text.split(",") if x.strip())
+        except ValueError:
+            st.error(f"{label}: '{text}' is not a comma-separated list of {kind.__name__} values.")
+            return default
+    return st.text_input(label, "" if default is None else str(default), help=tip, key=key) or default
 
 
 # ---------------------------------------------------------------------------- presentation

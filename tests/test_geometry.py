@@ -7,10 +7,10 @@ import torch
 
 from core.base.errors import InputError
 from core.base.progress import Progress
+from core.base.tensors import cosine
 from core.geometry.correlation import CorrelationConfig, loss_correlation, pearson
 from core.geometry.landscape import (
     LandscapeConfig,
-    cosine,
     gradient,
     gradient_direction,
     loss_landscape,

@@ -8,11 +8,11 @@ import torch.nn.functional as F
 import core.restoration.methods.direction as hd
 from core.base.errors import InputError
 from core.base.progress import Progress
+from core.base.tensors import cosine
 from core.restoration.context import RestoreContext
 from core.restoration.data import RestorationData
 from core.restoration.methods.direction import (
     DirectionConfig,
-    cosine,
     eligible_parameters,
     extract_direction,
     performance_drop,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from core.service import answer_cache as answers
 from core.service import jobs
 

@@ -21,11 +21,7 @@ from core.service import answer_cache as answers
 from core.service import jobs
 
 PAGES = Path(__file__).resolve().parent.parent / "pages"
-PAIR = ["--seed", "0", "--harmful-examples", "100"]
-METHODS = {
-    "curvature": {"summary": "curvature-aware influence update", "needs_adapter": True, "params": {"epsilon": 0.05, "iterations": 3, "pair_lrs": [0.001, 0.002], "preconditioner": "lbfgs"}},
-    "interpolate": {"summary": "move toward the base", "needs_adapter": False, "params": {"alpha": 0.5}},
-}
+PAIR: list[str] = []  # the default pair stays implicit in every page's command line
 WORLD = {
     "world": "/tmp/w", "base": "/tmp/w/base", "finetuned": "/tmp/w/finetuned", "seed": 0, "harmful_examples": 100, "build_seconds": 600.0,
     "metrics": {m: {"harmful_rate": h, "prefill_asr": 90.0, "task_exact_match": e, "over_refusal": 5.0} for m, h, e in (("base", 2.0, 0.0), ("finetuned", 76.0, 93.0))},
@@ -70,7 +66,6 @@ def page_argv(at: AppTest, key: str) -> list[str]:
 @pytest.fixture(autouse=True)
 def _world_and_methods():
     plant(["world", *PAIR], WORLD)
-    plant(["methods"], METHODS)
 
 
 def test_home_shows_a_card_per_model_and_the_pair_form():
@@ -95,7 +90,7 @@ def test_home_rejects_a_missing_model_path(tmp_path):
 @pytest.mark.parametrize(
     "name,key,result,n_charts,labels",
     [
-        ("correlation", "correlation", correlation_result(), 2, {"Examples per set"}),
+        ("correlation", "correlate", correlation_result(), 2, {"Examples per set"}),
         ("landscape", "landscape", landscape_result(), 2, {"Grid points per axis", "Samples per loss"}),
         ("curvature", "curvature", curvature_result(), 2, {"Top eigenpairs k", "Drift-monitor steps (0: skip)"}),
         ("basin", "basin", basin_result(), 3, {"Random directions (1-D)", "Prompts per point"}),
@@ -114,7 +109,7 @@ def test_analysis_page_renders_a_cached_answer_and_an_error(name, key, result, n
     assert no_jobs_started()
 
 
-@pytest.mark.parametrize("name,key", [("correlation", "correlation"), ("landscape", "landscape"), ("curvature", "curvature"), ("basin", "basin")])
+@pytest.mark.parametrize("name,key", [("correlation", "correlate"), ("landscape", "landscape"), ("curvature", "curvature"), ("basin", "basin")])
 def test_failed_job_shows_an_error_box(name, key):
     at = page(name)
     at.number_input[0].set_value(at.number_input[0].value + 2).run()  # inputs no other test has answered

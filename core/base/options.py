@@ -12,11 +12,12 @@ from dataclasses import MISSING, Field, field, fields
 from typing import Any
 
 
-def option(default: Any, help: str, *, flag: str | None = None, choices: tuple | None = None,
-           low: float | None = None, high: float | None = None) -> Any:
+def option(default: Any, help: str, *, label: str | None = None, flag: str | None = None,
+           choices: tuple | None = None, low: float | None = None, high: float | None = None) -> Any:
     """A dataclass field that users set: ``help`` is the option's help and the widget's tooltip,
-    ``flag`` renames the CLI option, ``choices`` / ``low`` / ``high`` bound the widget (and the CLI)."""
-    meta = {"help": help, "flag": flag, "choices": choices, "low": low, "high": high}
+    ``label`` the widget's label (default: the field name), ``flag`` renames the CLI option, and
+    ``choices`` / ``low`` / ``high`` bound the widget (``choices`` the CLI too)."""
+    meta = {"help": help, "label": label, "flag": flag, "choices": choices, "low": low, "high": high}
     return field(default=default, metadata=meta)
 
 

@@ -31,7 +31,7 @@ from core.base.cache import memoize
 from core.base.errors import InputError
 from core.base.options import from_args, option
 from core.base.progress import Progress
-from core.geometry.landscape import cosine
+from core.base.tensors import cosine
 from core.geometry.registry import Analysis, register_analysis
 from core.world.data import Example, harmful_splits
 from core.world.data import fingerprint as data_fingerprint
@@ -45,12 +45,12 @@ L_MAX = 100.0
 
 @dataclass(frozen=True)
 class BasinConfig:
-    directions: int = option(2, "random directions for the 1-D curves", low=1, high=16)
-    points: int = option(9, "points per 1-D line, odd (Peng et al. 21)", low=3, high=41)
-    radius: float = option(0.5, "perturbation range as a fraction of each tensor's norm", low=1e-4, high=2.0)
-    plane_points: int = option(5, "points per axis of the 2-D plane, odd, 0 for none", low=0, high=21)
-    prompts: int = option(16, "held-out harmful prompts per ASR point", low=1, high=100)
-    max_new_tokens: int = option(16, "tokens generated per prompt", low=1, high=512)
+    directions: int = option(2, "random directions for the 1-D curves", label="Random directions (1-D)", low=1, high=16)
+    points: int = option(9, "points per 1-D line, odd (Peng et al. 21)", label="Points per line (odd)", low=3, high=41)
+    radius: float = option(0.5, "perturbation range as a fraction of each tensor's norm", label="Radius (fraction of each tensor's norm)", low=1e-4, high=2.0)
+    plane_points: int = option(5, "points per axis of the 2-D plane, odd, 0 for none", label="Plane points per axis (odd, 0: none)", low=0, high=21)
+    prompts: int = option(16, "held-out harmful prompts per ASR point", label="Prompts per point", low=1, high=100)
+    max_new_tokens: int = option(16, "tokens generated per prompt", label="New tokens per prompt", low=1, high=512)
     batch_size: int = 16
     seed: int = 0
 

@@ -30,8 +30,8 @@ from core.world.models import ModelSpec, fingerprint, load_model, load_tokenizer
 
 @dataclass(frozen=True)
 class CorrelationConfig:
-    tokens: str = option("auto", "auto (response tokens where a response exists, else whole text) or all", choices=("auto", "all"))
-    n_per_set: int = option(100, "examples per set", flag="n", low=3)
+    tokens: str = option("auto", "auto (response tokens where a response exists, else whole text) or all", label="Tokens", choices=("auto", "all"))
+    n_per_set: int = option(100, "examples per set", label="Examples per set", flag="n", low=3)
     batch_size: int = 8
     max_length: int = 256
 

@@ -41,13 +41,13 @@ from core.world.models import ModelSpec, fingerprint, load_model, load_tokenizer
 
 @dataclass(frozen=True)
 class CurvatureConfig:
-    k: int = option(8, "top eigenpairs by Lanczos", low=1, high=64)
-    params: str = option("lora", "'lora' or comma-separated parameter-name parts, e.g. layers.20.mlp")
-    samples: int = option(8, "examples in the safety and task losses (one HVP ~10 s on 2 cores)", low=1, high=256)
+    k: int = option(8, "top eigenpairs by Lanczos", label="Top eigenpairs k", low=1, high=64)
+    params: str = option("lora", "'lora' or comma-separated parameter-name parts, e.g. layers.20.mlp", label="Parameters")
+    samples: int = option(8, "examples in the safety and task losses (one HVP ~10 s on 2 cores)", label="Examples in each loss", low=1, high=256)
     batch_size: int = 8
     max_length: int = 160
-    tol: float = option(1e-3, "Lanczos relative tolerance")
-    maxiter: int = option(20, "Lanczos restarts before returning the converged pairs")
+    tol: float = option(1e-3, "Lanczos relative tolerance", label="Lanczos tolerance")
+    maxiter: int = option(20, "Lanczos restarts before returning the converged pairs", label="Lanczos restarts")
     trace_probes: int = 8  # Hutchinson probes
     concentration_threshold: float = 0.5  # top-k share of the trace that counts as low-dimensional
     sharpness_threshold: float = 100.0  # lambda_1 / mean eigenvalue that counts as sharp
@@ -176,20 +176,20 @@ def conditions(eigenvalues: np.ndarray, trace: float, n_params: int, couple: dic
     return parts
 
 
-def _batches(tokenizer, examples: list[Example], config: CurvatureConfig) -> list[dict]:
+def _encoded(tokenizer, examples: list[Example], config: CurvatureConfig) -> list[dict]:
     return encode_batches(tokenizer, examples[: config.samples], config.batch_size, config.max_length)
 
 
 def _compute(spec: ModelSpec, safety: list[Example], task: list[Example], config: CurvatureConfig, progress: Progress) -> dict:
     model, tokenizer = load_model(spec), load_tokenizer(spec)
     params = select_parameters(model, config.params)
-    safety_op = HessianOperator(model, params, _batches(tokenizer, safety, config), progress.stage(0.0, 0.6))
+    safety_op = HessianOperator(model, params, _encoded(tokenizer, safety, config), progress.stage(0.0, 0.6))
     vals, vecs = top_eigenpairs(safety_op, config.k, config.tol, config.maxiter)
     progress.update(0.6, f"top eigenvalue {vals[0]:.4g} after {safety_op.calls} Hessian-vector products", {"eigenvalues": vals.tolist()})
     lanczos_calls = safety_op.calls
     safety_op.progress, safety_op.expected_calls, safety_op.calls = progress.stage(0.6, 0.75), config.trace_probes, 0
     trace = hutchinson_trace(safety_op, config.trace_probes)
-    task_op = HessianOperator(model, params, _batches(tokenizer, task, config), progress.stage(0.75, 1.0))
+    task_op = HessianOperator(model, params, _encoded(tokenizer, task, config), progress.stage(0.75, 1.0))
     couple = coupling(task_op.gradient(), vecs)
     task_vals, _ = top_eigenpairs(task_op, 1, config.tol, config.maxiter)
     progress.update(1.0, "curvature done")
@@ -237,8 +237,8 @@ def fit_power_laws(steps: list[int], losses: list[float]) -> dict[str, dict[str,
 
 @dataclass(frozen=True)
 class DriftConfig:
-    steps: int = option(40, "steps of the benign LoRA fine-tune the drift monitor watches (0: skip)", flag="drift_steps", low=0, high=1000)
-    every: int = option(4, "probe the alignment loss every this many steps", low=1, high=100)
+    steps: int = option(40, "steps of the benign LoRA fine-tune the drift monitor watches (0: skip)", label="Drift-monitor steps (0: skip)", flag="drift_steps", low=0, high=1000)
+    every: int = option(4, "probe the alignment loss every this many steps", label="Probe every (steps)", low=1, high=100)
     batch_size: int = 8
     lr: float = 1e-3
     rank: int = 8

@@ -23,7 +23,6 @@ triples the loss a quarter of the way out, and 0.005 shows the basin's shape), 3
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -35,6 +34,7 @@ from core.base.cache import memoize
 from core.base.errors import InputError
 from core.base.options import from_args, option
 from core.base.progress import Progress
+from core.base.tensors import cosine
 from core.geometry.correlation import default_sets
 from core.geometry.registry import Analysis, register_analysis
 from core.world.data import Example, override_sets
@@ -49,13 +49,13 @@ GRAD_CHUNK = 4
 
 @dataclass(frozen=True)
 class LandscapeConfig:
-    grid: int = option(9, "n x n grid points", low=3, high=51)
-    radius: float = option(0.005, "coefficients in [-r, r], fractions of weight norms", low=1e-4, high=1.0)
-    samples: int = option(32, "samples per loss evaluation (the paper's 32)", low=1, high=256)
+    grid: int = option(9, "n x n grid points", label="Grid points per axis", low=3, high=51)
+    radius: float = option(0.005, "coefficients in [-r, r], fractions of weight norms", label="Radius (fraction of weight norms)", low=1e-4, high=1.0)
+    samples: int = option(32, "samples per loss evaluation (the paper's 32)", label="Samples per loss", low=1, high=256)
     batch_size: int = 16
     max_length: int = 192
-    directions: str = option("gradient", "gradient (paper B.3) or random (filter-normalised, Li et al. 2018)", choices=("gradient", "random"))
-    modules: tuple[str, ...] = option(("self_attn", "mlp"), "comma-separated module kinds to perturb")
+    directions: str = option("gradient", "gradient (paper B.3) or random (filter-normalised, Li et al. 2018)", label="Directions", choices=("gradient", "random"))
+    modules: tuple[str, ...] = option(("self_attn", "mlp"), "comma-separated module kinds to perturb", label="Perturbed modules")
 
     def validate(self) -> None:
         if self.grid < 3:
@@ -85,10 +85,6 @@ def mean_loss(model, batches: list[dict]) -> float:
             total += losses.sum().item()
             count += losses.numel()
     return total / count
-
-
-def _batches(tokenizer, examples: list[Example], config: LandscapeConfig) -> list[dict]:
-    return encode_batches(tokenizer, examples, config.batch_size, config.max_length)
 
 
 def gradient(model, params: dict[str, torch.nn.Parameter], batches: list[dict]) -> dict[str, torch.Tensor]:
@@ -129,13 +125,6 @@ def random_direction(params: dict[str, torch.Tensor], seed: int) -> dict[str, to
         d = torch.randn(p.shape, generator=gen).to(p.device, p.dtype)
         out[name] = d * (p.norm(dim=1, keepdim=True) / d.norm(dim=1, keepdim=True).clamp_min(1e-12))
     return out
-
-
-def cosine(d1: dict[str, torch.Tensor], d2: dict[str, torch.Tensor]) -> float:
-    dot = sum((d1[k].double() * d2[k].double()).sum() for k in d1)
-    n1 = math.sqrt(sum((d1[k].double() ** 2).sum() for k in d1))
-    n2 = math.sqrt(sum((d2[k].double() ** 2).sum() for k in d2))
-    return float(dot / (n1 * n2))
 
 
 def surface(model, params, d1, d2, coords: np.ndarray, batches: list[dict], progress: Progress, label: str) -> np.ndarray:
@@ -188,7 +177,7 @@ def _directions(model, params, tokenizer, batches, config: LandscapeConfig):
 def _compute(pair: dict[str, ModelSpec], sets: dict[str, list[Example]], config: LandscapeConfig, progress: Progress) -> dict:
     coords = np.linspace(-config.radius, config.radius, config.grid)
     tokenizer = load_tokenizer(pair["base"])
-    batches = {k: _batches(tokenizer, v[: config.samples], config) for k, v in sets.items()}
+    batches = {k: encode_batches(tokenizer, v[: config.samples], config.batch_size, config.max_length) for k, v in sets.items()}
     result: dict = {"coords": coords.tolist(), "surfaces": {}, "cross_sections": {}, "cosine": {}, "structural_difference": {}, "seconds": {}}
     order = ["base"] + [m for m in pair if m != "base"]  # the base defines each set's directions
     jobs = [(s, m) for s in sets for m in order]

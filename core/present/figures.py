@@ -13,7 +13,8 @@ from __future__ import annotations
 import html
 import itertools
 import math
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import plotly.graph_objects as go
@@ -627,3 +628,45 @@ __all__ = [
     "hessian_spectrum", "landscape_surfaces", "mean_loss_bars", "model_colours", "no_data", "restoration_live",
     "slide_template", "trajectory_contour", "visage_bars",
 ]
+
+
+# ---------------------------------------------------------------------------- per-analysis figures
+@dataclass(frozen=True)
+class AnalysisFigures:
+    """What the Report draws of one registered analysis (``core.geometry.registry.ANALYSES``),
+    keyed by the analysis name: a caption, its figures, its tables and its headline numbers."""
+
+    text: str
+    figures: Callable[[dict], list[go.Figure]]
+    tables: Callable[[dict], dict[str, list[dict]]] = lambda r: {}
+    numbers: Callable[[dict], dict] = lambda r: {}
+
+
+def _curvature_figures(r: dict) -> list[go.Figure]:
+    return [hessian_spectrum(r)] + ([drift_figure(r["drift"])] if r.get("drift") else [])
+
+
+FIGURES: dict[str, AnalysisFigures] = {
+    "correlate": AnalysisFigures(
+        "Pearson r of base vs fine-tuned per-example losses.",
+        lambda r: [correlation_scatter(r), mean_loss_bars(r)],
+        lambda r: {"correlation": correlation_table(r)},
+        lambda r: {k: {m: v[m] for m in ("r", "ci_low", "ci_high", "p_value", "n")} for k, v in r.items()},
+    ),
+    "landscape": AnalysisFigures(
+        "Gradient-informed surfaces; structural difference = 100 (1 - r of the Laplacians).",
+        lambda r: [landscape_surfaces(r), cross_section_figure(r)],
+        numbers=lambda r: {"structural_difference_percent": r["structural_difference"], "direction_cosine": r["cosine"]},
+    ),
+    "curvature": AnalysisFigures(
+        "Safety-Hessian spectrum, coupling and the alignment-instability conditions.",
+        _curvature_figures,
+        lambda r: {"conditions": conditions_table(r)},
+        lambda r: {"safety_eigenvalues": r["safety_eigenvalues"], "coupling": r["coupling"]},
+    ),
+    "basin": AnalysisFigures(
+        "ASR under random weight perturbation; VISAGE.",
+        lambda r: [basin_curves(r), basin_plane(r), visage_bars(r)],
+        numbers=lambda r: {k: {"visage": v["visage"], "visage_1d": v["visage_1d"]} for k, v in r.items()},
+    ),
+}

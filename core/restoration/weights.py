@@ -18,6 +18,7 @@ import torch
 from core.base.cache import atomic_dir, stable_hash
 from core.base.paths import cache_dir
 from core.base.progress import Progress
+from core.restoration.context import RestoreContext
 from core.world.data import Example
 from core.world.data import fingerprint as data_fingerprint
 from core.world.models import ALL_LINEAR, ModelSpec, fingerprint, load_model, load_tokenizer

@@ -14,6 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.base.cache import memoize
 from core.base.progress import Progress
+from core.base.tensors import chunks
 from core.world.data import Example
 
 
@@ -23,10 +24,6 @@ def chat_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, prefill: str = 
         [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
     )
     return text + prefill
-
-
-def _batches(order: list[int], size: int) -> list[list[int]]:
-    return [order[i : i + size] for i in range(0, len(order), size)]
 
 
 @torch.no_grad()
@@ -48,7 +45,7 @@ def generate(
     outputs: list[str] = [""] * len(texts)
     device = next(model.parameters()).device
     done = 0
-    for batch in _batches(order, batch_size):
+    for batch in chunks(order, batch_size):
         enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         out = model.generate(
             **enc,

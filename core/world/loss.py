@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from core.base.tensors import chunks
 from core.world.data import Example
 from core.world.generation import chat_prompt
 
@@ -70,7 +71,7 @@ def per_example_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> 
 def encode_batches(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], batch_size: int, max_length: int = 256) -> list[dict[str, torch.Tensor]]:
     """Length-sorted encoded batches, for losses that are summed or averaged (order-free)."""
     ex = sorted(examples, key=lambda e: len(e.prompt) + len(e.response or ""))
-    return [encode(tokenizer, ex[i : i + batch_size], max_length) for i in range(0, len(ex), batch_size)]
+    return [encode(tokenizer, batch, max_length) for batch in chunks(ex, batch_size)]
 
 
 @torch.no_grad()

@@ -40,7 +40,8 @@ class SFTResult:
     losses: list[float] = field(default_factory=list)
 
 
-def _batches(examples: list[Example], config: SFTConfig):
+def _epoch_batches(examples: list[Example], config: SFTConfig):
+    """``config.steps`` batches drawn without replacement, reshuffled (seeded) at each epoch."""
     rng = random.Random(config.seed)
     order: list[Example] = []
     for _ in range(config.steps):
@@ -77,7 +78,7 @@ def lora_sft(
     result = SFTResult(peft_model)
     if on_step is not None:
         on_step(0, peft_model)
-    for step, batch in enumerate(_batches(examples, config), 1):
+    for step, batch in enumerate(_epoch_batches(examples, config), 1):
         device_type = next(peft_model.parameters()).device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.autocast):
             loss = per_example_loss(peft_model, encode(tokenizer, batch, config.max_length)).mean()

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.base.errors import InputError
+from core.base.tensors import chunks, cosine
 from core.restoration.context import RestoreContext
 from core.restoration.registry import RestoreOutput, register
 from core.world.data import Example
@@ -138,10 +139,9 @@ def _first_layers(model, layer: int) -> Iterator[tuple[nn.Module, nn.Module]]:
         decoder.layers = layers
 
 
-def _batches(tokenizer, prompts: list[str], batch_size: int) -> list[list[str]]:
+def _chat_batches(tokenizer, prompts: list[str], batch_size: int) -> list[list[str]]:
     """Chat-formatted prompts sorted by length (the mean is order-free), cut into batches."""
-    texts = sorted((chat_prompt(tokenizer, p) for p in prompts), key=len)
-    return [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+    return chunks(sorted((chat_prompt(tokenizer, p) for p in prompts), key=len), batch_size)
 
 
 def _last_token_states(model, tokenizer, texts: list[str], layer: int) -> torch.Tensor:
@@ -169,14 +169,10 @@ def extract_direction(model, tokenizer, prompts: list[str], layer: int, batch_si
     if not prompts:
         raise InputError("No prompts to extract a direction from.", "give the recovery and rollback sets at least one prompt each.")
     total = None
-    for texts in _batches(tokenizer, prompts, batch_size):
+    for texts in _chat_batches(tokenizer, prompts, batch_size):
         part = _last_token_states(model, tokenizer, texts, layer).float().sum(0)
         total = part if total is None else total + part
     return total / len(prompts)
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(F.cosine_similarity(a.float(), b.float().to(a.device), dim=0))
 
 
 # ---------------------------------------------------------------------------- Algorithm 1: reset_weights
@@ -221,7 +217,7 @@ def _direction_gradients(model, tokenizer, prompts: list[str], target: torch.Ten
             raise DirectionDiverged(f"direction loss is {float(loss.detach())}")
         (upstream,) = torch.autograd.grad(loss, current)
     with torch.enable_grad(), _grad_only(model, params.values()):
-        for texts in _batches(tokenizer, prompts, batch_size):
+        for texts in _chat_batches(tokenizer, prompts, batch_size):
             states = _last_token_states(model, tokenizer, texts, layer).float()
             ((states @ upstream).sum() / len(prompts)).backward()
 

@@ -1,0 +1,26 @@
+"""Small tensor helpers every layer shares: one cosine, one way to cut a sequence into batches."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+def cosine(a: torch.Tensor | Mapping[str, torch.Tensor], b: torch.Tensor | Mapping[str, torch.Tensor]) -> float:
+    """Cosine of two vectors, each a tensor or a dict of tensors (a direction over named
+    weights, flattened and concatenated in key order), accumulated in float64."""
+    if isinstance(a, Mapping):
+        a_parts, b_parts = [a[k] for k in a], [b[k] for k in a]
+    else:
+        a_parts, b_parts = [a], [b]
+    dot = sum(float((x.double() * y.double().to(x.device)).sum()) for x, y in zip(a_parts, b_parts))
+    na = sum(float(x.double().pow(2).sum()) for x in a_parts) ** 0.5
+    nb = sum(float(y.double().pow(2).sum()) for y in b_parts) ** 0.5
+    return dot / (na * nb)
+
+
+def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    """``items`` cut into consecutive batches of ``size`` (the last may be shorter)."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
