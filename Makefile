@@ -23,6 +23,7 @@ run: world
 	$(BIN)/streamlit run app.py --server.address 127.0.0.1 --server.port 8501 --server.headless true --browser.gatherUsageStats false
 
 test: world
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
 
 bench: world

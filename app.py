@@ -3,6 +3,7 @@
 Run with ``make run`` (or ``streamlit run app.py``). Pages are thin: widgets, a background job
 per analysis (``core.service.jobs``), figures from ``core.present.figures``.
 """
+
 import streamlit as st
 
 PAGES = [
@@ -16,9 +17,19 @@ PAGES = [
 ]
 
 presenting = st.query_params.get("presentation") == "1"
-st.set_page_config(page_title="Safety drift lab", layout="wide", initial_sidebar_state="collapsed" if presenting else "auto")
+st.set_page_config(
+    page_title="Safety drift lab", layout="wide", initial_sidebar_state="collapsed" if presenting else "auto"
+)
 with st.sidebar:
-    st.toggle("Presentation mode", value=presenting, key="presentation", help="Larger fonts and figures for a projector; cached results show at once.")
+    st.toggle(
+        "Presentation mode",
+        value=presenting,
+        key="presentation",
+        help="Larger fonts and figures for a projector; cached results show at once.",
+    )
 if st.session_state.get("presentation"):
-    st.markdown("<style>html, body, [class*='css'] {font-size: 22px;} h1 {font-size: 3rem !important;}</style>", unsafe_allow_html=True)
+    st.markdown(
+        "<style>html, body, [class*='css'] {font-size: 22px;} h1 {font-size: 3rem !important;}</style>",
+        unsafe_allow_html=True,
+    )
 st.navigation(PAGES).run()

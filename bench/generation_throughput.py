@@ -3,6 +3,7 @@
 Same model (the demo base), same prompts, same greedy settings, one run each. Target >= 4x.
 Run: .venv/bin/python bench/generation_throughput.py [--prompts 32] [--tokens 32]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,7 @@ def one_at_a_time(model, tokenizer, prompts: list[str], max_new_tokens: int) -> 
     for p in prompts:
         enc = tokenizer(chat_prompt(tokenizer, p), return_tensors="pt", add_special_tokens=False)
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        outs.append(tokenizer.decode(out[0, enc.input_ids.shape[1]:], skip_special_tokens=True).strip())
+        outs.append(tokenizer.decode(out[0, enc.input_ids.shape[1] :], skip_special_tokens=True).strip())
     return outs
 
 
@@ -57,11 +58,18 @@ def main() -> None:
     tps_single = count_tokens(tokenizer, single) / t_single
     same = sum(a == b for a, b in zip(batched, single))
     result = {
-        "prompts": len(prompts), "max_new_tokens": args.tokens, "threads": torch.get_num_threads(),
-        "batched_tokens_per_s": round(tps_batched, 1), "single_tokens_per_s": round(tps_single, 1),
-        "speedup": round(tps_batched / tps_single, 2), "identical_outputs": f"{same}/{len(prompts)}",
+        "prompts": len(prompts),
+        "max_new_tokens": args.tokens,
+        "threads": torch.get_num_threads(),
+        "batched_tokens_per_s": round(tps_batched, 1),
+        "single_tokens_per_s": round(tps_single, 1),
+        "speedup": round(tps_batched / tps_single, 2),
+        "identical_outputs": f"{same}/{len(prompts)}",
     }
-    print(f"batched {tps_batched:.1f} tok/s vs one-at-a-time {tps_single:.1f} tok/s: {tps_batched / tps_single:.2f}x (target >= 4x)")
+    print(
+        f"batched {tps_batched:.1f} tok/s vs one-at-a-time {tps_single:.1f} tok/s: "
+        f"{tps_batched / tps_single:.2f}x (target >= 4x)"
+    )
     print(json.dumps(result))
 
 

@@ -8,6 +8,7 @@
 
 Run: .venv/bin/python bench/geometry.py [--skip-defaults]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,12 +82,20 @@ def main() -> None:
     pair = {"base": world.base_spec, "finetuned": world.finetuned_spec}
     out = {"landscape_throughput": landscape_throughput(world), "hvp_vs_gradient": hvp_vs_gradient(world)}
     a, b = out["landscape_throughput"], out["hvp_vs_gradient"]
-    print(f"(a) landscape {a['grid_points_per_s']:.3f} points/s vs forward ceiling {a['forward_passes_per_s']:.3f}/s: {a['ratio']:.2f} (target >= 0.9)")
-    print(f"(b) HVP {b['hvp_s']:.3f}s vs gradient {b['gradient_s']:.3f}s on {b['params']:,} LoRA params: {b['ratio']:.2f}x (target <= 3x)")
+    print(
+        f"(a) landscape {a['grid_points_per_s']:.3f} points/s vs forward ceiling "
+        f"{a['forward_passes_per_s']:.3f}/s: {a['ratio']:.2f} (target >= 0.9)"
+    )
+    print(
+        f"(b) HVP {b['hvp_s']:.3f}s vs gradient {b['gradient_s']:.3f}s on {b['params']:,} LoRA params: "
+        f"{b['ratio']:.2f}x (target <= 3x)"
+    )
     if not args.skip_defaults:
         sets = default_sets(0, 32)
         t = time.perf_counter()
-        landscape_compute(pair, {"harmful": sets["harmful"], "benign": sets["general"]}, LandscapeConfig(), Progress())  # uncached
+        landscape_compute(
+            pair, {"harmful": sets["harmful"], "benign": sets["general"]}, LandscapeConfig(), Progress()
+        )  # uncached
         t_land = time.perf_counter() - t
         rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         size_gb = sum(p.numel() * p.element_size() for p in load_model(world.base_spec).parameters()) / 2**30
@@ -96,8 +105,14 @@ def main() -> None:
             model_basin(spec, prompts, BasinConfig(), Progress(), name)  # uncached
         t_basin = time.perf_counter() - t
         out["defaults"] = {"landscape_s": t_land, "basin_s": t_basin, "peak_rss_gb": rss_gb, "model_gb": size_gb}
-        print(f"(c) default landscape (2 models x 2 sets, 9x9): {t_land:.0f}s; default basin (2 models): {t_basin:.0f}s (cached results return instantly)")
-        print(f"(d) peak RSS of the landscape run {rss_gb:.2f} GiB vs model weights {size_gb:.2f} GiB: {rss_gb / size_gb:.1f}x")
+        print(
+            f"(c) default landscape (2 models x 2 sets, 9x9): {t_land:.0f}s; "
+            f"default basin (2 models): {t_basin:.0f}s (cached results return instantly)"
+        )
+        print(
+            f"(d) peak RSS of the landscape run {rss_gb:.2f} GiB vs model weights {size_gb:.2f} GiB: "
+            f"{rss_gb / size_gb:.1f}x"
+        )
     print(json.dumps(out))
 
 

@@ -3,6 +3,7 @@
 Target: a reload of the shipped SmolLM2 GGUF takes under a second once it is cached.
 Run: .venv/bin/python bench/model_load.py
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,10 @@ def main() -> None:
     load_model(spec)
     load_tokenizer(spec)
     t_cached = time.perf_counter() - t
-    print(f"GGUF dequantizing load {t_gguf:.2f}s vs cached safetensors reload {t_cached:.2f}s ({t_gguf / t_cached:.0f}x; target < 1 s)")
+    print(
+        f"GGUF dequantizing load {t_gguf:.2f}s vs cached safetensors reload {t_cached:.2f}s "
+        f"({t_gguf / t_cached:.0f}x; target < 1 s)"
+    )
     print(json.dumps({"gguf_load_s": round(t_gguf, 2), "cached_reload_s": round(t_cached, 2)}))
 
 

@@ -18,6 +18,7 @@ demo world in the project cache.
 
 Run: .venv/bin/python bench/pages.py [--reps N] [--no-prepare]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,9 +53,19 @@ MESSAGE_GRACE_S = 2.0
 CHEAP: dict[str, dict[str, int | str]] = {  # page -> sidebar inputs that make its analysis cheap (minutes)
     "landscape": {"Grid points per axis": 3, "Samples per loss": 1},
     # the Hessian of one LoRA matrix in the last of SmolLM2-135M's 30 layers: backward stops there
-    "curvature": {"Top eigenpairs k": 1, "Examples in each loss": 1, "Parameters": "layers.29.self_attn.v_proj.lora",
-                  "Drift-monitor steps (0: skip)": 2, "Probe every (steps)": 1},
-    "basin": {"Random directions (1-D)": 1, "Points per line (odd)": 3, "Plane points per axis (odd, 0: none)": 0, "Prompts per point": 2},
+    "curvature": {
+        "Top eigenpairs k": 1,
+        "Examples in each loss": 1,
+        "Parameters": "layers.29.self_attn.v_proj.lora",
+        "Drift-monitor steps (0: skip)": 2,
+        "Probe every (steps)": 1,
+    },
+    "basin": {
+        "Random directions (1-D)": 1,
+        "Points per line (odd)": 3,
+        "Plane points per axis (odd, 0: none)": 0,
+        "Prompts per point": 2,
+    },
 }
 # Script state and chart count, read in the page: the rerun has ended and every chart is drawn.
 SETTLED_JS = """() => {
@@ -177,7 +188,9 @@ def prepare(browser, url: str, args: argparse.Namespace) -> dict[str, str]:
             page = open_page(context, url, path)
             t = time.monotonic()
             if path in CHEAP and not args.prepare_defaults:
-                notes[path] = "defaults " + {"answer": "cached"}.get(wait_state(page, NAV_TIMEOUT_MS / 1000)[0], "not cached")
+                notes[path] = "defaults " + {"answer": "cached"}.get(
+                    wait_state(page, NAV_TIMEOUT_MS / 1000)[0], "not cached"
+                )
             else:
                 notes[path] = run_to_answer(page, args.prepare_timeout)
             if path in CHEAP:
@@ -252,8 +265,15 @@ def measure(browser, url: str, path: str, reps: int) -> dict[str, Any]:
             tab.close()
     finally:
         context.close()
-    return {"main": statistics.median(mains), "full": statistics.median(fulls), "shown": shown, "widget": widget, "started": started,
-            "tab_main": statistics.median(t[0] for t in tabs), "tab_full": statistics.median(t[1] for t in tabs)}
+    return {
+        "main": statistics.median(mains),
+        "full": statistics.median(fulls),
+        "shown": shown,
+        "widget": widget,
+        "started": started,
+        "tab_main": statistics.median(t[0] for t in tabs),
+        "tab_full": statistics.median(t[1] for t in tabs),
+    }
 
 
 def _try_cheap(browser, url: str, path: str) -> tuple[float, str]:
@@ -267,10 +287,28 @@ def _try_cheap(browser, url: str, path: str) -> tuple[float, str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3, help="cold tabs per page (default 3; the median is printed)")
-    ap.add_argument("--no-prepare", action="store_true", help="use whatever is cached; start no analysis (Home still builds/loads the world, as on any visit)")
-    ap.add_argument("--prepare-defaults", action="store_true", help="also run landscape, curvature and basin with their (slow) defaults")
-    ap.add_argument("--prepare-timeout", type=float, default=120.0, help="seconds an analysis with page defaults may take (default 120)")
-    ap.add_argument("--cheap-timeout", type=float, default=600.0, help="seconds an analysis with cheap settings may take (default 600)")
+    ap.add_argument(
+        "--no-prepare",
+        action="store_true",
+        help="use whatever is cached; start no analysis (Home still builds/loads the world, as on any visit)",
+    )
+    ap.add_argument(
+        "--prepare-defaults",
+        action="store_true",
+        help="also run landscape, curvature and basin with their (slow) defaults",
+    )
+    ap.add_argument(
+        "--prepare-timeout",
+        type=float,
+        default=120.0,
+        help="seconds an analysis with page defaults may take (default 120)",
+    )
+    ap.add_argument(
+        "--cheap-timeout",
+        type=float,
+        default=600.0,
+        help="seconds an analysis with cheap settings may take (default 600)",
+    )
     args = ap.parse_args()
     log = Path(tempfile.mkdtemp(prefix="bench-pages-")) / "streamlit.log"
     load_before = os.getloadavg()[0]
@@ -283,19 +321,36 @@ def main() -> int:
             cheap = {path: _try_cheap(browser, url, path) for path in CHEAP}
         finally:
             browser.close()
-    print(f"\nPage speed on {os.cpu_count()} cores (1-min load average {load_before:.1f} at start, {load_measure:.1f} when measuring, {os.getloadavg()[0]:.1f} at end).")
-    print(f"Cold tab: median of {args.reps} fresh browser contexts, navigation to main content (target < {TARGET_S:.0f} s) and to every chart drawn;")
+    print(
+        f"\nPage speed on {os.cpu_count()} cores (1-min load average {load_before:.1f} at start, "
+        f"{load_measure:.1f} when measuring, {os.getloadavg()[0]:.1f} at end)."
+    )
+    print(
+        f"Cold tab: median of {args.reps} fresh browser contexts, navigation to main content "
+        f"(target < {TARGET_S:.0f} s) and to every chart drawn;"
+    )
     print("new tab: the same, in a new tab of that browser (its HTTP cache holds the dashboard's scripts);")
-    print("widget: the Presentation-mode toggle on, then off (no analysis input), until the rerun ends and every chart is redrawn.")
+    print(
+        "widget: the Presentation-mode toggle on, then off (no analysis input), "
+        "until the rerun ends and every chart is redrawn."
+    )
     failures = 0
     for path, r in rows.items():
         failures += bool(r["started"])
         jobs = "no job started" if not r["started"] else f"JOB STARTED: {r['started']}"
         note = f" · prepared: {notes[path]}" if path in notes else ""
-        print(f"/{path:<12} {r['main']:5.2f} s main ({r['shown']}) · {r['full']:5.2f} s all charts · target < {TARGET_S:.0f} s {'OK' if r['main'] < TARGET_S else 'SLOW'} · "
-              f"new tab {r['tab_main']:.2f} s / {r['tab_full']:.2f} s · widget {r['widget'][0]:.2f} s / {r['widget'][1]:.2f} s · {jobs}{note}")
+        verdict = "OK" if r["main"] < TARGET_S else "SLOW"
+        print(
+            f"/{path:<12} {r['main']:5.2f} s main ({r['shown']}) · {r['full']:5.2f} s all charts · "
+            f"target < {TARGET_S:.0f} s {verdict} · "
+            f"new tab {r['tab_main']:.2f} s / {r['tab_full']:.2f} s · "
+            f"widget {r['widget'][0]:.2f} s / {r['widget'][1]:.2f} s · {jobs}{note}"
+        )
     for path, (seconds, shown) in cheap.items():
-        print(f"/{path:<12} {seconds:5.2f} s from the last cheap-settings change to main content ({shown}) · {CHEAP[path]}")
+        print(
+            f"/{path:<12} {seconds:5.2f} s from the last cheap-settings change to main content "
+            f"({shown}) · {CHEAP[path]}"
+        )
     return 1 if failures else 0
 
 

@@ -8,6 +8,7 @@
 
 Run: .venv/bin/python bench/restoration.py [--skip-methods]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,9 @@ def pair_and_update_vs_gradient(world) -> dict:
     radius = config.probe_radius * float(obj.get().norm())
     t_grad = median_time(lambda: obj.loss_and_grad(batch))
     t_pair = median_time(lambda: curvature_pairs(obj, [batch], config, radius, Progress()))
-    pairs, _ = curvature_pairs(obj, [data.curvature_forget, *data.curvature_retain], InfluenceConfig(pairs=10), radius, Progress())
+    pairs, _ = curvature_pairs(
+        obj, [data.curvature_forget, *data.curvature_retain], InfluenceConfig(pairs=10), radius, Progress()
+    )
     _, g = obj.loss_and_grad(batch)
     theta = obj.get()
 
@@ -49,8 +52,16 @@ def pair_and_update_vs_gradient(world) -> dict:
 
     t_update = median_time(update)
     obj.set(theta)
-    return {"examples": len(batch), "gradient_s": t_grad, "pair_s": t_pair, "update_s": t_update, "pairs": len(pairs), "params": theta.numel(),
-            "pair_ratio": t_pair / t_grad, "update_ratio": t_update / t_grad}
+    return {
+        "examples": len(batch),
+        "gradient_s": t_grad,
+        "pair_s": t_pair,
+        "update_s": t_update,
+        "pairs": len(pairs),
+        "params": theta.numel(),
+        "pair_ratio": t_pair / t_grad,
+        "update_ratio": t_update / t_grad,
+    }
 
 
 def main() -> None:
@@ -59,8 +70,11 @@ def main() -> None:
     args = ap.parse_args()
     world = build_world(WorldConfig(), Progress(stderr_bar))
     a = pair_and_update_vs_gradient(world)
-    print(f"(a) one L-BFGS pair {a['pair_s']:.2f}s = {a['pair_ratio']:.2f}x one gradient ({a['gradient_s']:.2f}s, {a['examples']} examples, {a['params']:,} LoRA params); "
-          f"one influence update over {a['pairs']} pairs {a['update_s'] * 1000:.1f} ms = {a['update_ratio']:.4f}x")
+    print(
+        f"(a) one L-BFGS pair {a['pair_s']:.2f}s = {a['pair_ratio']:.2f}x one gradient "
+        f"({a['gradient_s']:.2f}s, {a['examples']} examples, {a['params']:,} LoRA params); "
+        f"one influence update over {a['pairs']} pairs {a['update_s'] * 1000:.1f} ms = {a['update_ratio']:.4f}x"
+    )
     out = {"a": a}
     if not args.skip_methods:
         pair = {"base": world.base_spec, "finetuned": world.finetuned_spec}

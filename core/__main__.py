@@ -1,5 +1,6 @@
 """``python -m core``: a repeated command line is answered from the answer cache before torch
 is imported (~5 s on 2 cores); only a miss imports the engine."""
+
 import sys
 
 from core.present.text import print_answer

@@ -3,6 +3,7 @@
 Progress goes to stderr; with ``--json`` the last line of stdout is one JSON object with named
 numbers. Bad input prints one line ``error: ... Fix: ...`` and exits with code 2.
 """
+
 from __future__ import annotations
 
 import sys

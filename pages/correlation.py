@@ -1,4 +1,5 @@
 """Correlation: Pearson r of base vs fine-tuned per-example losses on harmful, task and general data."""
+
 import streamlit as st
 
 from core.geometry.correlation import CorrelationConfig
@@ -6,11 +7,17 @@ from core.geometry.registry import ANALYSES
 from core.present import figures
 from pages import ui
 
-ui.page_header("Loss correlation", "If fine-tuning barely moves the harmful losses (r near 1) while reshaping the task ones, the safety drift is not where the loss changed.")
+ui.page_header(
+    "Loss correlation",
+    "If fine-tuning barely moves the harmful losses (r near 1) while reshaping the task ones, "
+    "the safety drift is not where the loss changed.",
+)
 _, opts = ui.options(CorrelationConfig, "correlation")
 with st.sidebar:
-    files = {name: st.text_input(f"{name.capitalize()} set file (.jsonl/.csv, optional)", key=f"corr-{name}")
-             for name in ANALYSES["correlate"].set_files}
+    files = {
+        name: st.text_input(f"{name.capitalize()} set file (.jsonl/.csv, optional)", key=f"corr-{name}")
+        for name in ANALYSES["correlate"].set_files
+    }
 
 argv = ["correlate", *ui.pair_args(), *opts]
 for name, path in files.items():

@@ -1,4 +1,5 @@
 """Home: choose the model pair and its data seed; the demo world's build status; a summary card per model."""
+
 from pathlib import Path
 
 import streamlit as st
@@ -9,7 +10,12 @@ from core.world.choice import WorldChoice
 from core.world.data import BENIGN_SPLIT_SIZES, BORDERLINE_SPLIT_SIZES, HARMFUL_SPLIT_SIZES
 from pages import ui
 
-CARD = (("Harmful rate", "harmful_rate"), ("Prefill ASR", "prefill_asr"), ("Task exact-match", "task_exact_match"), ("Over-refusal", "over_refusal"))
+CARD = (
+    ("Harmful rate", "harmful_rate"),
+    ("Prefill ASR", "prefill_asr"),
+    ("Task exact-match", "task_exact_match"),
+    ("Over-refusal", "over_refusal"),
+)
 
 ui.page_header("Safety drift lab", "Why fine-tuning erodes an aligned model's safety, and how to restore it.")
 
@@ -17,14 +23,31 @@ ui.page_header("Safety drift lab", "Why fine-tuning erodes an aligned model's sa
 def choose_pair() -> None:
     p = ui.pair()
     with st.expander("Model pair and data", expanded=not ui.is_demo()):
-        kind = st.radio("Models", ["Demo world (SmolLM2-135M, built on this machine)", "My models"], index=0 if ui.is_demo() else 1, horizontal=True)
+        kind = st.radio(
+            "Models",
+            ["Demo world (SmolLM2-135M, built on this machine)", "My models"],
+            index=0 if ui.is_demo() else 1,
+            horizontal=True,
+        )
         with st.form("pair-form"):
             c1, c2 = st.columns(2)
             seed = c1.number_input("Data seed (splits)", 0, 10_000, p["seed"], help=help_of(WorldChoice, "seed"))
-            injected = c2.number_input("Harmful examples injected (demo fine-tune)", 0, 400, p["harmful_examples"],
-                                       disabled=not kind.startswith("Demo"), help=help_of(WorldChoice, "harmful_examples"))
-            base = st.text_input("Base (aligned) model: Hugging Face id, directory or .gguf", p["base"], disabled=kind.startswith("Demo"))
-            finetuned = st.text_input("Fine-tuned: PEFT adapter directory on the base, or a full checkpoint directory", p["finetuned"], disabled=kind.startswith("Demo"))
+            injected = c2.number_input(
+                "Harmful examples injected (demo fine-tune)",
+                0,
+                400,
+                p["harmful_examples"],
+                disabled=not kind.startswith("Demo"),
+                help=help_of(WorldChoice, "harmful_examples"),
+            )
+            base = st.text_input(
+                "Base (aligned) model: Hugging Face id, directory or .gguf", p["base"], disabled=kind.startswith("Demo")
+            )
+            finetuned = st.text_input(
+                "Fine-tuned: PEFT adapter directory on the base, or a full checkpoint directory",
+                p["finetuned"],
+                disabled=kind.startswith("Demo"),
+            )
             if st.form_submit_button("Use this pair", type="primary"):
                 if kind.startswith("Demo"):
                     ui.set_pair(seed=int(seed), harmful_examples=int(injected), base="", finetuned="")
@@ -34,9 +57,11 @@ def choose_pair() -> None:
                 else:
                     ui.set_pair(seed=int(seed), base=base, finetuned=finetuned)
                 st.rerun()
-        st.caption("Splits (held-out evaluation, restoration and analysis sets) are drawn with the data seed: "
-                   f"harmful {HARMFUL_SPLIT_SIZES}, benign {BENIGN_SPLIT_SIZES}, borderline {BORDERLINE_SPLIT_SIZES}. "
-                   "Each analysis page can replace its sets with a .jsonl/.csv file.")
+        st.caption(
+            "Splits (held-out evaluation, restoration and analysis sets) are drawn with the data seed: "
+            f"harmful {HARMFUL_SPLIT_SIZES}, benign {BENIGN_SPLIT_SIZES}, borderline {BORDERLINE_SPLIT_SIZES}. "
+            "Each analysis page can replace its sets with a .jsonl/.csv file."
+        )
 
 
 def _pair_problem(base: str, finetuned: str) -> InputError | None:
@@ -44,9 +69,13 @@ def _pair_problem(base: str, finetuned: str) -> InputError | None:
     if not base:
         return InputError("No base model given.", "enter a Hugging Face id or a local directory.")
     if _looks_local(finetuned) and not Path(finetuned).expanduser().exists():
-        return InputError(f"Fine-tuned path '{finetuned}' does not exist.", "enter an existing adapter or checkpoint directory.")
+        return InputError(
+            f"Fine-tuned path '{finetuned}' does not exist.", "enter an existing adapter or checkpoint directory."
+        )
     if _looks_local(base) and not Path(base).expanduser().exists():
-        return InputError(f"Base path '{base}' does not exist.", "enter an existing directory, .gguf file or a Hugging Face id.")
+        return InputError(
+            f"Base path '{base}' does not exist.", "enter an existing directory, .gguf file or a Hugging Face id."
+        )
     return None
 
 
@@ -69,7 +98,10 @@ if ui.is_demo():
     if world:
         cards(world["metrics"])
         met = world["targets"]
-        st.caption(f"World targets: {sum(met.values())}/{len(met)} met · built in {world['build_seconds']:.0f} s · {world['world']}")
+        st.caption(
+            f"World targets: {sum(met.values())}/{len(met)} met · "
+            f"built in {world['build_seconds']:.0f} s · {world['world']}"
+        )
 else:
     result = ui.analysis(["evaluate", *ui.pair_args()], "evaluation of both models")
     if result:

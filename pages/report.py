@@ -1,4 +1,5 @@
 """Report: every finished analysis and run of this pair in one place; export as one HTML file plus JSON."""
+
 from datetime import date
 
 import streamlit as st
@@ -13,7 +14,9 @@ from core.service import jobs
 from pages import ui
 
 RUN_COLUMNS = ("harmful_rate", "prefill_asr", "task_exact_match", "over_refusal", "visage")
-ui.page_header("Report", "Every finished analysis of this pair, with the settings last used on each page (defaults otherwise).")
+ui.page_header(
+    "Report", "Every finished analysis of this pair, with the settings last used on each page (defaults otherwise)."
+)
 
 
 def _argv(page: str, default: list[str]) -> list[str]:
@@ -28,19 +31,60 @@ def _answer(argv: list[str]) -> dict | None:
 def sections() -> list[Section]:
     out = []
     if ui.is_demo() and (world := _answer(["world", *ui.pair_args(models=False)])):
-        out.append(Section("Models", ui.pair_caption(), tables={"summary": [{"model": k, **v} for k, v in world["metrics"].items()]}, numbers={"metrics": world["metrics"]}))
+        out.append(
+            Section(
+                "Models",
+                ui.pair_caption(),
+                tables={"summary": [{"model": k, **v} for k, v in world["metrics"].items()]},
+                numbers={"metrics": world["metrics"]},
+            )
+        )
     for name, analysis in ANALYSES.items():
         if r := _answer(_argv(name, [name, *ui.pair_args()])):
             f = FIGURES[name]
             out.append(Section(analysis.title, f.text, f.figures(r), f.tables(r), f.numbers(r)))
     restore_argv = _argv("restoration", [])
     if restore_argv and (r := _answer(restore_argv)):
-        out.append(Section(f"Restoration: {r['method']}", f"Run {r['id']} ({r['status']}).", [figures.restoration_live(r)], {"before/after": figures.before_after_table(r)}, {"before": r["before"], "after": r["after"], "config": r["config"]}))
+        out.append(
+            Section(
+                f"Restoration: {r['method']}",
+                f"Run {r['id']} ({r['status']}).",
+                [figures.restoration_live(r)],
+                {"before/after": figures.before_after_table(r)},
+                {"before": r["before"], "after": r["after"], "config": r["config"]},
+            )
+        )
     if r := _answer(_argv("comparison", ["compare", *ui.pair_args()])):
-        out.append(Section("Restoration methods compared", "Every method with its defaults, same pair, seed and data.", [figures.comparison_bars(r)], {"comparison": r["table"]}, {"table": r["table"]}))
+        out.append(
+            Section(
+                "Restoration methods compared",
+                "Every method with its defaults, same pair, seed and data.",
+                [figures.comparison_bars(r)],
+                {"comparison": r["table"]},
+                {"table": r["table"]},
+            )
+        )
     if r := _answer(_argv("trajectory", ["trajectory", *ui.pair_args()])):
-        out.append(Section("Optimizer trajectories", "PCA plane of curvature-aware vs first-order paths over J = L_forget - L_retain.", [figures.trajectory_contour(r)], numbers={lr: {"explained_variance": v["explained_variance"], "final_forget_loss": v["final_forget_loss"]} for lr, v in r.items()}))
-    runs = [{"run": r.get("id"), "method": r.get("method"), "status": r.get("status"), **{f"after {k}": v for k, v in (r.get("after") or {}).items() if k in RUN_COLUMNS}} for r in list_runs()]
+        out.append(
+            Section(
+                "Optimizer trajectories",
+                "PCA plane of curvature-aware vs first-order paths over J = L_forget - L_retain.",
+                [figures.trajectory_contour(r)],
+                numbers={
+                    lr: {"explained_variance": v["explained_variance"], "final_forget_loss": v["final_forget_loss"]}
+                    for lr, v in r.items()
+                },
+            )
+        )
+    runs = [
+        {
+            "run": r.get("id"),
+            "method": r.get("method"),
+            "status": r.get("status"),
+            **{f"after {k}": v for k, v in (r.get("after") or {}).items() if k in RUN_COLUMNS},
+        }
+        for r in list_runs()
+    ]
     if runs:
         out.append(Section("All restoration runs", "Every stored run on this machine.", tables={"runs": runs}))
     return out
@@ -54,9 +98,26 @@ st.write("Included: " + ", ".join(s.title for s in parts))
 title = f"Safety drift report: {ui.pair_caption()}"
 stem = f"safety-drift-report-{date.today().isoformat()}"
 c1, c2 = st.columns(2)
-c1.download_button("Report (HTML, self-contained)", data=lambda: report_html(title, parts), file_name=f"{stem}.html", mime="text/html", on_click="ignore", type="primary")
-c2.download_button("Numbers (JSON)", data=lambda: report_json(parts), file_name=f"{stem}.json", mime="application/json", on_click="ignore")
-preview = st.toggle("Preview the figures here", value=False, help="They are always in the HTML report; drawing them all here takes a few seconds.")
+c1.download_button(
+    "Report (HTML, self-contained)",
+    data=lambda: report_html(title, parts),
+    file_name=f"{stem}.html",
+    mime="text/html",
+    on_click="ignore",
+    type="primary",
+)
+c2.download_button(
+    "Numbers (JSON)",
+    data=lambda: report_json(parts),
+    file_name=f"{stem}.json",
+    mime="application/json",
+    on_click="ignore",
+)
+preview = st.toggle(
+    "Preview the figures here",
+    value=False,
+    help="They are always in the HTML report; drawing them all here takes a few seconds.",
+)
 for s in parts:
     st.subheader(s.title)
     st.caption(s.text)

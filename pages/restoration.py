@@ -1,4 +1,5 @@
 """Restoration: launch a method, watch its metrics live, compare runs, and see the optimizer trajectories."""
+
 from pathlib import Path
 
 import streamlit as st
@@ -10,9 +11,16 @@ from core.restoration.registry import METHODS, settable
 from core.restoration.store import list_runs
 from pages import ui
 
-ui.page_header("Restoration", "Take the drifted fine-tune back to the base model's safety while keeping the task: curvature-aware influence updates (paper 1), direction-based weight restoration (paper 2) and baselines.")
+ui.page_header(
+    "Restoration",
+    "Take the drifted fine-tune back to the base model's safety while keeping the task: "
+    "curvature-aware influence updates (paper 1), direction-based weight restoration (paper 2) and baselines.",
+)
 PAPER_METHODS = ["curvature", "direction"]  # listed first; LoRA-only methods need an adapter
-methods = {name: {"summary": m.summary, "needs_adapter": m.needs_adapter, "params": settable(m.config())} for name, m in METHODS.items()}
+methods = {
+    name: {"summary": m.summary, "needs_adapter": m.needs_adapter, "params": settable(m.config())}
+    for name, m in METHODS.items()
+}
 
 
 def _param_widget(method: str, name: str, default):
@@ -47,8 +55,17 @@ def live_steps(events: list) -> None:
     if steps:
         last = steps[-1]
         c1, c2, c3 = st.columns(3)
-        c1.metric("Harmful rate (monitor)", f"{last['harmful_rate']:.0f}%", delta=f"{last['harmful_rate'] - steps[0]['harmful_rate']:+.0f}", delta_color="inverse")
-        c2.metric("Task exact-match (monitor)", f"{last['task_exact_match']:.0f}%", delta=f"{last['task_exact_match'] - steps[0]['task_exact_match']:+.0f}")
+        c1.metric(
+            "Harmful rate (monitor)",
+            f"{last['harmful_rate']:.0f}%",
+            delta=f"{last['harmful_rate'] - steps[0]['harmful_rate']:+.0f}",
+            delta_color="inverse",
+        )
+        c2.metric(
+            "Task exact-match (monitor)",
+            f"{last['task_exact_match']:.0f}%",
+            delta=f"{last['task_exact_match'] - steps[0]['task_exact_match']:+.0f}",
+        )
         c3.metric("Steps", len(steps))
         ui.chart(figures.restoration_live({"steps": steps}), "restoration-live")
 
@@ -57,14 +74,20 @@ def run_tab() -> None:
     """Pick a method and its parameters, launch it, watch it, see its before/after."""
     finetuned = ui.pair()["finetuned"]
     full_checkpoint = not ui.is_demo() and Path(finetuned).is_dir() and not is_adapter_dir(finetuned)
-    names = sorted((m for m in methods if not (methods[m]["needs_adapter"] and full_checkpoint)), key=lambda m: (m not in PAPER_METHODS, PAPER_METHODS.index(m) if m in PAPER_METHODS else 0))
+    names = sorted(
+        (m for m in methods if not (methods[m]["needs_adapter"] and full_checkpoint)),
+        key=lambda m: (m not in PAPER_METHODS, PAPER_METHODS.index(m) if m in PAPER_METHODS else 0),
+    )
     method = st.selectbox("Method", names, format_func=lambda m: f"{m}: {methods[m]['summary']}")
     argv = ["restore", "--method", method, *ui.pair_args(), *_params(method)]
     if st.checkbox("Also before/after VISAGE (a basin run per model, minutes)", key="visage"):
         argv.append("--visage")
     record = ui.analysis(argv, f"{method} restoration", live_steps, remember="restoration")
     if record:
-        st.success(f"Run {record['id']}: {record['status']} in {record['wall_s']:.0f} s · restored weights in {record['restored']}")
+        st.success(
+            f"Run {record['id']}: {record['status']} in {record['wall_s']:.0f} s · "
+            f"restored weights in {record['restored']}"
+        )
         ui.table(figures.before_after_table(record))
         ui.figure(figures.restoration_live(record), f"restoration-{method}", key=f"restoration-{record['id']}")
 
@@ -74,9 +97,21 @@ def runs_tab() -> None:
     runs = list_runs()
     if not runs:
         st.info("No restoration runs yet.")
-    ui.table([{"run": r.get("id"), "method": r.get("method"), "status": r.get("status"), "steps": len(r.get("steps", [])),
-               "harmful after %": (r.get("after") or {}).get("harmful_rate"), "task EM after %": (r.get("after") or {}).get("task_exact_match"),
-               "wall s": round(r.get("wall_s") or 0), "fine-tune": r.get("finetuned")} for r in runs])
+    ui.table(
+        [
+            {
+                "run": r.get("id"),
+                "method": r.get("method"),
+                "status": r.get("status"),
+                "steps": len(r.get("steps", [])),
+                "harmful after %": (r.get("after") or {}).get("harmful_rate"),
+                "task EM after %": (r.get("after") or {}).get("task_exact_match"),
+                "wall s": round(r.get("wall_s") or 0),
+                "fine-tune": r.get("finetuned"),
+            }
+            for r in runs
+        ]
+    )
 
 
 def compare_tab() -> None:
@@ -92,7 +127,10 @@ def compare_tab() -> None:
 
 def trajectories_tab() -> None:
     """PCA view of curvature-aware vs first-order paths."""
-    st.write("Curvature-aware vs first-order paths in the PCA plane of their snapshots, over the objective J = L_forget − L_retain (paper 1, C.2).")
+    st.write(
+        "Curvature-aware vs first-order paths in the PCA plane of their snapshots, "
+        "over the objective J = L_forget − L_retain (paper 1, C.2)."
+    )
     result = ui.analysis(["trajectory", *ui.pair_args()], "trajectory comparison", remember="trajectory")
     if result:
         ui.figure(figures.trajectory_contour(result), "optimizer-trajectories")

@@ -2,6 +2,7 @@
 buttons, presentation mode and error boxes. Nothing here computes: analyses run as background
 jobs (``core.service.jobs``) of the same command lines the CLI takes, and pages only draw their answers.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -131,7 +132,13 @@ def page_header(title: str, what: str) -> None:
 
 
 # ---------------------------------------------------------------------------- jobs
-def analysis(argv: list[str], label: str, render_partial: Callable[[list], None] | None = None, autostart: bool = False, remember: str | None = None) -> dict[str, Any] | None:
+def analysis(
+    argv: list[str],
+    label: str,
+    render_partial: Callable[[list], None] | None = None,
+    autostart: bool = False,
+    remember: str | None = None,
+) -> dict[str, Any] | None:
     """The answer of ``argv`` if it is there; otherwise a button to start it (or the live job).
 
     Identical requests share one background job, so a reload, a second tab or a second user
@@ -179,7 +186,10 @@ def _live(argv: list[str], label: str, render_partial: Callable[[list], None] | 
         if not state.active:
             st.rerun()
         eta = f" · ETA {state.eta_s:.0f} s" if state.eta_s is not None else ""
-        st.progress(min(max(state.fraction, 0.0), 1.0), text=f"{label}: {state.message or state.status} · {state.fraction * 100:.0f}%{eta}")
+        st.progress(
+            min(max(state.fraction, 0.0), 1.0),
+            text=f"{label}: {state.message or state.status} · {state.fraction * 100:.0f}%{eta}",
+        )
         if st.button("Cancel", key=f"cancel-{state.id}"):
             jobs.cancel(argv)
             st.toast("Cancelling at the next step…")
@@ -201,7 +211,14 @@ def figure(fig: go.Figure, name: str, key: str | None = None) -> None:
     cols = st.columns([1, 1, 1, 6])
     for col, fmt in zip(cols, ("png", "svg", "pdf")):
         with col:
-            st.download_button(fmt.upper(), data=_exporter(fig, fmt), file_name=f"{name}.{fmt}", mime=MIME[fmt], key=f"dl-{key}-{fmt}", on_click="ignore")
+            st.download_button(
+                fmt.upper(),
+                data=_exporter(fig, fmt),
+                file_name=f"{name}.{fmt}",
+                mime=MIME[fmt],
+                key=f"dl-{key}-{fmt}",
+                on_click="ignore",
+            )
 
 
 def chart(fig: go.Figure, key: str) -> go.Figure:

@@ -25,13 +25,6 @@ TINY_HIDDEN = 32
 OTHER_HIDDEN = 48
 
 
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers",
-        "integration: uses the real project cache (no SAFETY_CACHE_DIR redirect); may be slow",
-    )
-
-
 @pytest.fixture(scope="session")
 def raw_model_dir() -> str:
     """The dequantized SmolLM2 directory in the *project* cache (resolved before any redirect)."""

@@ -4,6 +4,7 @@ Results go into a ``diskcache.Cache`` under ``cache/results``; large artefacts (
 models, adapters, the demo world) go into directories written under a temporary name and
 renamed into place, so a crash or cancel never leaves half a directory behind.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -3,6 +3,7 @@
 The CLI turns it into exit code 2 and the dashboard into an error box; nothing else
 in the project should print a traceback for a user's mistake.
 """
+
 from __future__ import annotations
 
 

@@ -5,6 +5,7 @@ A field declared with ``option(default, help)`` becomes a command-line option (`
 tooltip; fields declared without it are fixed recipe values, not user options. The CLI parser
 and the pages read the dataclasses, so a default is written once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,16 @@ from dataclasses import MISSING, Field, field, fields
 from typing import Any
 
 
-def option(default: Any, help: str, *, label: str | None = None, flag: str | None = None,
-           choices: tuple | None = None, low: float | None = None, high: float | None = None) -> Any:
+def option(
+    default: Any,
+    help: str,
+    *,
+    label: str | None = None,
+    flag: str | None = None,
+    choices: tuple | None = None,
+    low: float | None = None,
+    high: float | None = None,
+) -> Any:
     """A dataclass field that users set: ``help`` is the option's help and the widget's tooltip,
     ``label`` the widget's label (default: the field name), ``flag`` renames the CLI option, and
     ``choices`` / ``low`` / ``high`` bound the widget (``choices`` the CLI too)."""
@@ -51,7 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         default, meta = default_of(f), f.metadata
         text = f"{meta['help']} (default {_shown(default)})"
         if isinstance(default, bool):
-            parser.add_argument(flag_of(f), dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=meta["help"])
+            parser.add_argument(
+                flag_of(f), dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=meta["help"]
+            )
             continue
         if isinstance(default, tuple):
             kind = _list_of(type(default[0]) if default else str)

@@ -3,6 +3,7 @@
 Asset wheels (model GGUF, prompt CSVs) are located through their installed-distribution
 metadata, never imported: their packages pull heavy dependencies we do not install.
 """
+
 from __future__ import annotations
 
 import os

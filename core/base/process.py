@@ -1,4 +1,5 @@
 """Process helpers shared by the job runner and the run store (no torch, no core imports)."""
+
 from __future__ import annotations
 
 import os

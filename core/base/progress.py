@@ -5,6 +5,7 @@ as it goes. The callback sees a ``ProgressEvent`` (fraction done, ETA, partial r
 ``cancel`` event makes the next update raise ``Cancelled``, so work stops at a clean point and
 the caller writes nothing. ``Progress.stage`` maps a sub-computation onto a slice of the bar.
 """
+
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,5 @@
 """Small tensor helpers every layer shares: one cosine, one way to cut a sequence into batches."""
+
 from __future__ import annotations
 
 from typing import Mapping, Sequence, TypeVar

@@ -19,6 +19,7 @@ harmful rate on a fixed subset of held-out harmful prompts. Scores:
 Defaults are sized for 2 CPU cores (Peng et al.: 21 points per axis, |a| <= 0.5, 80 AdvBench
 prompts): K = 2 directions, 9 points in [-0.5, 0.5], a 5 x 5 plane, 16 prompts, 16 new tokens.
 """
+
 from __future__ import annotations
 
 import time
@@ -47,8 +48,20 @@ L_MAX = 100.0
 class BasinConfig:
     directions: int = option(2, "random directions for the 1-D curves", label="Random directions (1-D)", low=1, high=16)
     points: int = option(9, "points per 1-D line, odd (Peng et al. 21)", label="Points per line (odd)", low=3, high=41)
-    radius: float = option(0.5, "perturbation range as a fraction of each tensor's norm", label="Radius (fraction of each tensor's norm)", low=1e-4, high=2.0)
-    plane_points: int = option(5, "points per axis of the 2-D plane, odd, 0 for none", label="Plane points per axis (odd, 0: none)", low=0, high=21)
+    radius: float = option(
+        0.5,
+        "perturbation range as a fraction of each tensor's norm",
+        label="Radius (fraction of each tensor's norm)",
+        low=1e-4,
+        high=2.0,
+    )
+    plane_points: int = option(
+        5,
+        "points per axis of the 2-D plane, odd, 0 for none",
+        label="Plane points per axis (odd, 0: none)",
+        low=0,
+        high=21,
+    )
     prompts: int = option(16, "held-out harmful prompts per ASR point", label="Prompts per point", low=1, high=100)
     max_new_tokens: int = option(16, "tokens generated per prompt", label="New tokens per prompt", low=1, high=512)
     batch_size: int = 16
@@ -56,9 +69,13 @@ class BasinConfig:
 
     def validate(self) -> None:
         if self.points < 3 or self.points % 2 == 0:
-            raise InputError(f"--points {self.points} must be odd and at least 3 (the centre is a point).", "use e.g. 9 or 21.")
+            raise InputError(
+                f"--points {self.points} must be odd and at least 3 (the centre is a point).", "use e.g. 9 or 21."
+            )
         if self.plane_points and (self.plane_points < 3 or self.plane_points % 2 == 0):
-            raise InputError(f"--plane-points {self.plane_points} must be 0 or odd and at least 3.", "use e.g. 5 or 21.")
+            raise InputError(
+                f"--plane-points {self.plane_points} must be 0 or odd and at least 3.", "use e.g. 5 or 21."
+            )
         if not self.radius > 0:
             raise InputError(f"--radius {self.radius} must be positive.", "use e.g. 0.5 (Peng et al.).")
         if self.directions < 1:
@@ -116,7 +133,10 @@ def _model_basin(spec: ModelSpec, prompts: list[str], config: BasinConfig, progr
     model = load_model(spec, merge=True)
     tokenizer = load_tokenizer(spec)
     params = basin_parameters(model)
-    dirs = [layer_normalised_direction(params, config.seed * 1000 + k) for k in range(max(config.directions, 2 if config.plane_points else 1))]
+    dirs = [
+        layer_normalised_direction(params, config.seed * 1000 + k)
+        for k in range(max(config.directions, 2 if config.plane_points else 1))
+    ]
     coords = np.linspace(-config.radius, config.radius, config.points)
     plane = np.linspace(-config.radius, config.radius, config.plane_points) if config.plane_points else np.array([])
     total = config.directions * (config.points - 1) + 1 + len(plane) ** 2
@@ -133,7 +153,11 @@ def _model_basin(spec: ModelSpec, prompts: list[str], config: BasinConfig, progr
                 pert.set([(a, dirs[k])])
                 asr.append(_asr(model, tokenizer, prompts, config))
                 done += 1
-                progress.update(done / total, f"{label}: direction {k + 1} point {len(asr)}/{len(coords)}", {"model": label, "direction": k, "asr": list(asr)})
+                progress.update(
+                    done / total,
+                    f"{label}: direction {k + 1} point {len(asr)}/{len(coords)}",
+                    {"model": label, "direction": k, "asr": list(asr)},
+                )
             lines.append(asr)
         grid = np.full((len(plane), len(plane)), np.nan)
         for i, a in enumerate(plane):
@@ -142,7 +166,11 @@ def _model_basin(spec: ModelSpec, prompts: list[str], config: BasinConfig, progr
                 pert.set([(a, dirs[0]), (plane[j], dirs[1])])
                 grid[i, j] = _asr(model, tokenizer, prompts, config)
                 done += 1
-            progress.update(done / total, f"{label}: plane row {i + 1}/{len(plane)}", {"model": label, "plane_row": i, "asr": grid[i].tolist()})
+            progress.update(
+                done / total,
+                f"{label}: plane row {i + 1}/{len(plane)}",
+                {"model": label, "plane_row": i, "asr": grid[i].tolist()},
+            )
     finally:
         pert.restore()
     lines_np = np.array(lines)
@@ -155,13 +183,25 @@ def _model_basin(spec: ModelSpec, prompts: list[str], config: BasinConfig, progr
         "seconds": time.monotonic() - t0,
     }
     if len(plane):
-        result.update({"plane_coords": plane.tolist(), "plane": grid.tolist(), "plane_cosine": cosine(dirs[0], dirs[1]), "visage": float(np.mean(L_MAX - grid))})
+        result.update(
+            {
+                "plane_coords": plane.tolist(),
+                "plane": grid.tolist(),
+                "plane_cosine": cosine(dirs[0], dirs[1]),
+                "visage": float(np.mean(L_MAX - grid)),
+            }
+        )
     else:
         result["visage"] = result["visage_1d"]
     return result
 
 
-def safety_basin(models: dict[str, ModelSpec], prompts: list[Example], config: BasinConfig = BasinConfig(), progress: Progress | None = None) -> dict:
+def safety_basin(
+    models: dict[str, ModelSpec],
+    prompts: list[Example],
+    config: BasinConfig = BasinConfig(),
+    progress: Progress | None = None,
+) -> dict:
     """1-D and 2-D safety-basin curves and VISAGE scores for each model (cached per model)."""
     config.validate()
     if len(prompts) < 1:
@@ -171,13 +211,28 @@ def safety_basin(models: dict[str, ModelSpec], prompts: list[Example], config: B
     out = {}
     for i, (name, spec) in enumerate(models.items()):
         stage = progress.stage(i / len(models), (i + 1) / len(models))
-        key = {"model": fingerprint(spec), "prompts": data_fingerprint(prompts[: config.prompts]), "config": asdict(config)}
+        key = {
+            "model": fingerprint(spec),
+            "prompts": data_fingerprint(prompts[: config.prompts]),
+            "config": asdict(config),
+        }
         out[name] = memoize("basin", key, lambda: _model_basin(spec, texts, config, stage, name))
     progress.update(1.0, "basin done")
     return out
 
 
-BASIN_KEYS = ("center_asr", "visage", "visage_1d", "visage_basin", "coords", "lines", "plane_coords", "plane", "plane_cosine", "seconds")
+BASIN_KEYS = (
+    "center_asr",
+    "visage",
+    "visage_1d",
+    "visage_basin",
+    "coords",
+    "lines",
+    "plane_coords",
+    "plane",
+    "plane_cosine",
+    "seconds",
+)
 
 
 def command(args, progress: Progress) -> dict:
@@ -187,6 +242,12 @@ def command(args, progress: Progress) -> dict:
     return {name: {k: v for k, v in r.items() if k in BASIN_KEYS} for name, r in result.items()}
 
 
-register_analysis(Analysis(
-    "basin", "Safety basin", "safety-basin curves and VISAGE under random weight perturbation", (BasinConfig,), command,
-))
+register_analysis(
+    Analysis(
+        "basin",
+        "Safety basin",
+        "safety-basin curves and VISAGE under random weight perturbation",
+        (BasinConfig,),
+        command,
+    )
+)

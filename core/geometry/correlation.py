@@ -9,6 +9,7 @@ Default sets: harmful = the held-out harmful prompts (no responses, so the whole
 text counts), task = held-out date-normalisation examples (the answer tokens count), general =
 the benign retain prompts (whole text). ``tokens`` chooses what counts (see ``core.world.loss``).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -30,7 +31,12 @@ from core.world.models import ModelSpec, fingerprint, load_model, load_tokenizer
 
 @dataclass(frozen=True)
 class CorrelationConfig:
-    tokens: str = option("auto", "auto (response tokens where a response exists, else whole text) or all", label="Tokens", choices=("auto", "all"))
+    tokens: str = option(
+        "auto",
+        "auto (response tokens where a response exists, else whole text) or all",
+        label="Tokens",
+        choices=("auto", "all"),
+    )
     n_per_set: int = option(100, "examples per set", label="Examples per set", flag="n", low=3)
     batch_size: int = 8
     max_length: int = 256
@@ -50,20 +56,26 @@ def pearson(base: list[float], finetuned: list[float]) -> dict[str, float]:
     if len(base) < 3:
         raise InputError(f"Correlation needs at least 3 examples per set, got {len(base)}.", "use a larger data set.")
     if not (np.all(np.isfinite(base)) and np.all(np.isfinite(finetuned))):
-        raise InputError("Some per-example losses are NaN or infinite.", "check the model (dtype overflow?) or drop empty examples.")
+        raise InputError(
+            "Some per-example losses are NaN or infinite.", "check the model (dtype overflow?) or drop empty examples."
+        )
     res = stats.pearsonr(base, finetuned)
     ci = res.confidence_interval(0.95)
     return {"r": float(res.statistic), "ci_low": float(ci.low), "ci_high": float(ci.high), "p_value": float(res.pvalue)}
 
 
-def _compute(pair: dict[str, ModelSpec], sets: dict[str, list[Example]], config: CorrelationConfig, progress: Progress) -> dict:
+def _compute(
+    pair: dict[str, ModelSpec], sets: dict[str, list[Example]], config: CorrelationConfig, progress: Progress
+) -> dict:
     losses: dict[str, dict[str, list[float]]] = {name: {} for name in sets}
     for m, (model_name, spec) in enumerate(pair.items()):
         model, tok = load_model(spec), load_tokenizer(spec)
         for s, (set_name, examples) in enumerate(sets.items()):
             k = m * len(sets) + s
             stage = progress.stage(k / (len(pair) * len(sets)), (k + 1) / (len(pair) * len(sets)))
-            losses[set_name][model_name] = dataset_losses(model, tok, examples, config.batch_size, config.max_length, config.tokens, stage)
+            losses[set_name][model_name] = dataset_losses(
+                model, tok, examples, config.batch_size, config.max_length, config.tokens, stage
+            )
         del model
     result = {}
     for set_name, by_model in losses.items():
@@ -108,7 +120,13 @@ def command(args, progress: Progress) -> dict:
     return {name: {**r, "prompts": [p[:100] for p in r["prompts"]]} for name, r in result.items()}
 
 
-register_analysis(Analysis(
-    "correlate", "Loss correlation", "Pearson r of base vs fine-tuned per-example losses (harmful, task, general)",
-    (CorrelationConfig,), command, set_files=("harmful", "task", "general"),
-))
+register_analysis(
+    Analysis(
+        "correlate",
+        "Loss correlation",
+        "Pearson r of base vs fine-tuned per-example losses (harmful, task, general)",
+        (CorrelationConfig,),
+        command,
+        set_files=("harmful", "task", "general"),
+    )
+)

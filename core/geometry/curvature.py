@@ -17,6 +17,7 @@ of Alignment Collapse").
 The safety (alignment) loss is the cross-entropy of refusals on harmful prompts
 (``core.world.data.safety_probe``): it rises as the model drifts away from refusing.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,13 +38,22 @@ from core.world.data import fingerprint as data_fingerprint
 from core.world.loss import encode_batches, per_example_loss
 from core.world.model_pair import pair_from_args
 from core.world.models import ModelSpec, fingerprint, load_model, load_tokenizer
+from core.world.training import SFTConfig, lora_sft
 
 
 @dataclass(frozen=True)
 class CurvatureConfig:
     k: int = option(8, "top eigenpairs by Lanczos", label="Top eigenpairs k", low=1, high=64)
-    params: str = option("lora", "'lora' or comma-separated parameter-name parts, e.g. layers.20.mlp", label="Parameters")
-    samples: int = option(8, "examples in the safety and task losses (one HVP ~10 s on 2 cores)", label="Examples in each loss", low=1, high=256)
+    params: str = option(
+        "lora", "'lora' or comma-separated parameter-name parts, e.g. layers.20.mlp", label="Parameters"
+    )
+    samples: int = option(
+        8,
+        "examples in the safety and task losses (one HVP ~10 s on 2 cores)",
+        label="Examples in each loss",
+        low=1,
+        high=256,
+    )
     batch_size: int = 8
     max_length: int = 160
     tol: float = option(1e-3, "Lanczos relative tolerance", label="Lanczos tolerance")
@@ -67,7 +77,13 @@ def select_parameters(model: torch.nn.Module, which: str) -> dict[str, torch.nn.
 class HessianOperator:
     """H v for one loss on fixed batches, over a parameter subset, as float64 numpy vectors."""
 
-    def __init__(self, model: torch.nn.Module, params: dict[str, torch.nn.Parameter], batches: list[dict], progress: Progress | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        params: dict[str, torch.nn.Parameter],
+        batches: list[dict],
+        progress: Progress | None = None,
+    ):
         self.model, self.names = model, list(params)
         self.progress, self.expected_calls = progress or Progress(), 1
         self.params = [params[n] for n in self.names]
@@ -129,17 +145,34 @@ def top_eigenpairs(op: HessianOperator, k: int, tol: float, maxiter: int = 20) -
     converged are returned (each HVP costs a forward and a double backward).
     """
     if not 1 <= k < op.size:
-        raise InputError(f"--k {k} must be between 1 and the subset size minus one ({op.size - 1}).", "use a smaller k or a larger parameter subset.")
+        raise InputError(
+            f"--k {k} must be between 1 and the subset size minus one ({op.size - 1}).",
+            "use a smaller k or a larger parameter subset.",
+        )
     ncv = min(op.size, max(2 * k + 1, 20))
     op.expected_calls = op.calls + 3 * ncv  # a typical Lanczos run on these spectra; only for the bar
     try:
-        vals, vecs = eigsh(op.operator(), k=k, which="LA", tol=tol, ncv=ncv, maxiter=maxiter, v0=np.random.default_rng(0).standard_normal(op.size))
+        vals, vecs = eigsh(
+            op.operator(),
+            k=k,
+            which="LA",
+            tol=tol,
+            ncv=ncv,
+            maxiter=maxiter,
+            v0=np.random.default_rng(0).standard_normal(op.size),
+        )
     except ArpackNoConvergence as err:
         if len(err.eigenvalues) == 0:
-            raise InputError(f"Lanczos found no converged eigenvalue in {maxiter} restarts.", "raise --maxiter or --tol, or use fewer samples.") from None
+            raise InputError(
+                f"Lanczos found no converged eigenvalue in {maxiter} restarts.",
+                "raise --maxiter or --tol, or use fewer samples.",
+            ) from None
         vals, vecs = err.eigenvalues, err.eigenvectors
     if not np.all(np.isfinite(vals)):
-        raise InputError("The Hessian spectrum has NaN or infinite values (NaN losses).", "use float32 and check the data for empty examples.")
+        raise InputError(
+            "The Hessian spectrum has NaN or infinite values (NaN losses).",
+            "use float32 and check the data for empty examples.",
+        )
     order = np.argsort(vals)[::-1]
     return vals[order], vecs[:, order]
 
@@ -158,7 +191,11 @@ def coupling(task_gradient: np.ndarray, eigenvectors: np.ndarray) -> dict[str, f
         return {"share": 0.0, "angle_deg": 90.0, "gradient_norm": 0.0}
     proj = eigenvectors.T @ task_gradient
     share = float(proj @ proj) / norm2
-    return {"share": share, "angle_deg": math.degrees(math.acos(min(1.0, math.sqrt(share)))), "gradient_norm": math.sqrt(norm2)}
+    return {
+        "share": share,
+        "angle_deg": math.degrees(math.acos(min(1.0, math.sqrt(share)))),
+        "gradient_norm": math.sqrt(norm2),
+    }
 
 
 def conditions(eigenvalues: np.ndarray, trace: float, n_params: int, couple: dict, config: CurvatureConfig) -> dict:
@@ -168,9 +205,26 @@ def conditions(eigenvalues: np.ndarray, trace: float, n_params: int, couple: dic
     mean_eig = trace / n_params
     sharpness = float(eigenvalues[0]) / mean_eig if mean_eig > 0 else float("nan")
     parts = {
-        "low_dimensional": {"value": concentration, "threshold": config.concentration_threshold, "holds": bool(concentration >= config.concentration_threshold), "what": f"share of tr(H) in the top {len(eigenvalues)} eigenvalues"},
-        "sharp_curvature": {"value": sharpness, "threshold": config.sharpness_threshold, "holds": bool(sharpness >= config.sharpness_threshold), "what": "lambda_1 / mean eigenvalue (tr(H)/n)", "lambda_1": float(eigenvalues[0])},
-        "coupling": {"value": couple["share"], "threshold": config.coupling_threshold, "holds": bool(couple["share"] >= config.coupling_threshold), "what": "share of the task gradient in the top-k safety eigenspace", "angle_deg": couple["angle_deg"]},
+        "low_dimensional": {
+            "value": concentration,
+            "threshold": config.concentration_threshold,
+            "holds": bool(concentration >= config.concentration_threshold),
+            "what": f"share of tr(H) in the top {len(eigenvalues)} eigenvalues",
+        },
+        "sharp_curvature": {
+            "value": sharpness,
+            "threshold": config.sharpness_threshold,
+            "holds": bool(sharpness >= config.sharpness_threshold),
+            "what": "lambda_1 / mean eigenvalue (tr(H)/n)",
+            "lambda_1": float(eigenvalues[0]),
+        },
+        "coupling": {
+            "value": couple["share"],
+            "threshold": config.coupling_threshold,
+            "holds": bool(couple["share"] >= config.coupling_threshold),
+            "what": "share of the task gradient in the top-k safety eigenspace",
+            "angle_deg": couple["angle_deg"],
+        },
     }
     parts["all_hold"] = all(p["holds"] for p in parts.values())
     return parts
@@ -180,12 +234,18 @@ def _encoded(tokenizer, examples: list[Example], config: CurvatureConfig) -> lis
     return encode_batches(tokenizer, examples[: config.samples], config.batch_size, config.max_length)
 
 
-def _compute(spec: ModelSpec, safety: list[Example], task: list[Example], config: CurvatureConfig, progress: Progress) -> dict:
+def _compute(
+    spec: ModelSpec, safety: list[Example], task: list[Example], config: CurvatureConfig, progress: Progress
+) -> dict:
     model, tokenizer = load_model(spec), load_tokenizer(spec)
     params = select_parameters(model, config.params)
     safety_op = HessianOperator(model, params, _encoded(tokenizer, safety, config), progress.stage(0.0, 0.6))
     vals, vecs = top_eigenpairs(safety_op, config.k, config.tol, config.maxiter)
-    progress.update(0.6, f"top eigenvalue {vals[0]:.4g} after {safety_op.calls} Hessian-vector products", {"eigenvalues": vals.tolist()})
+    progress.update(
+        0.6,
+        f"top eigenvalue {vals[0]:.4g} after {safety_op.calls} Hessian-vector products",
+        {"eigenvalues": vals.tolist()},
+    )
     lanczos_calls = safety_op.calls
     safety_op.progress, safety_op.expected_calls, safety_op.calls = progress.stage(0.6, 0.75), config.trace_probes, 0
     trace = hutchinson_trace(safety_op, config.trace_probes)
@@ -205,11 +265,22 @@ def _compute(spec: ModelSpec, safety: list[Example], task: list[Example], config
     }
 
 
-def curvature(spec: ModelSpec, safety: list[Example], task: list[Example], config: CurvatureConfig = CurvatureConfig(), progress: Progress | None = None) -> dict:
+def curvature(
+    spec: ModelSpec,
+    safety: list[Example],
+    task: list[Example],
+    config: CurvatureConfig = CurvatureConfig(),
+    progress: Progress | None = None,
+) -> dict:
     """Safety-Hessian spectrum, coupling with the task gradient and the three conditions (cached)."""
     if not safety or not task:
         raise InputError("The safety or task set is empty.", "pass data sets with at least one example each.")
-    key = {"model": fingerprint(spec), "safety": data_fingerprint(safety[: config.samples]), "task": data_fingerprint(task[: config.samples]), "config": asdict(config)}
+    key = {
+        "model": fingerprint(spec),
+        "safety": data_fingerprint(safety[: config.samples]),
+        "task": data_fingerprint(task[: config.samples]),
+        "config": asdict(config),
+    }
     return memoize("curvature", key, lambda: _compute(spec, safety, task, config, progress or Progress()))
 
 
@@ -229,7 +300,11 @@ def fit_power_laws(steps: list[int], losses: list[float]) -> dict[str, dict[str,
     pos = d > 0
     if pos.sum() >= 2:
         slope, intercept = np.polyfit(np.log(t[pos]), np.log(d[pos]), 1)
-        out["free"] = {"exponent": float(slope), "kappa": float(math.exp(intercept)), "r2": r2(math.exp(intercept) * t**slope)}
+        out["free"] = {
+            "exponent": float(slope),
+            "kappa": float(math.exp(intercept)),
+            "r2": r2(math.exp(intercept) * t**slope),
+        }
     else:
         out["free"] = {"exponent": float("nan"), "kappa": float("nan"), "r2": float("nan")}
     return out
@@ -237,8 +312,17 @@ def fit_power_laws(steps: list[int], losses: list[float]) -> dict[str, dict[str,
 
 @dataclass(frozen=True)
 class DriftConfig:
-    steps: int = option(40, "steps of the benign LoRA fine-tune the drift monitor watches (0: skip)", label="Drift-monitor steps (0: skip)", flag="drift_steps", low=0, high=1000)
-    every: int = option(4, "probe the alignment loss every this many steps", label="Probe every (steps)", low=1, high=100)
+    steps: int = option(
+        40,
+        "steps of the benign LoRA fine-tune the drift monitor watches (0: skip)",
+        label="Drift-monitor steps (0: skip)",
+        flag="drift_steps",
+        low=0,
+        high=1000,
+    )
+    every: int = option(
+        4, "probe the alignment loss every this many steps", label="Probe every (steps)", low=1, high=100
+    )
     batch_size: int = 8
     lr: float = 1e-3
     rank: int = 8
@@ -246,14 +330,21 @@ class DriftConfig:
     autocast: bool = False
 
 
-def drift_monitor(spec: ModelSpec, train: list[Example], probe: list[Example], config: DriftConfig = DriftConfig(), progress: Progress | None = None) -> dict:
+def drift_monitor(
+    spec: ModelSpec,
+    train: list[Example],
+    probe: list[Example],
+    config: DriftConfig = DriftConfig(),
+    progress: Progress | None = None,
+) -> dict:
     """Fine-tune ``spec`` with LoRA on ``train``, recording the alignment loss on ``probe``; fit power laws."""
-    from core.world.training import SFTConfig, lora_sft
-
     if not train or not probe:
         raise InputError("The drift monitor needs a training set and a safety probe.", "pass non-empty data sets.")
     if config.every < 1 or config.steps < 2 * config.every:
-        raise InputError(f"--every {config.every} with --steps {config.steps} gives too few probe points.", "use every >= 1 and steps >= 2 * every.")
+        raise InputError(
+            f"--every {config.every} with --steps {config.steps} gives too few probe points.",
+            "use every >= 1 and steps >= 2 * every.",
+        )
     progress = progress or Progress()
 
     def compute() -> dict:
@@ -270,15 +361,24 @@ def drift_monitor(spec: ModelSpec, train: list[Example], probe: list[Example], c
             model.train()
             record["steps"].append(step)
             record["alignment_loss"].append(float(losses.mean()))
-            progress.update(step / config.steps, f"step {step}: alignment loss {record['alignment_loss'][-1]:.4f}", dict(record))
+            progress.update(
+                step / config.steps, f"step {step}: alignment loss {record['alignment_loss'][-1]:.4f}", dict(record)
+            )
 
-        sft = SFTConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr, rank=config.rank, autocast=config.autocast)
+        sft = SFTConfig(
+            steps=config.steps, batch_size=config.batch_size, lr=config.lr, rank=config.rank, autocast=config.autocast
+        )
         result = lora_sft(load_model(spec), tokenizer, train, sft, None, on_step)
         record["train_loss"] = result.losses
         record["fits"] = fit_power_laws(record["steps"], record["alignment_loss"])
         return record
 
-    key = {"model": fingerprint(spec), "train": data_fingerprint(train), "probe": data_fingerprint(probe[: config.probe_samples]), "config": asdict(config)}
+    key = {
+        "model": fingerprint(spec),
+        "train": data_fingerprint(train),
+        "probe": data_fingerprint(probe[: config.probe_samples]),
+        "config": asdict(config),
+    }
     return memoize("drift", key, compute)
 
 
@@ -296,8 +396,12 @@ def command(args, progress: Progress) -> dict:
     return out
 
 
-register_analysis(Analysis(
-    "curvature", "Curvature",
-    "safety-Hessian spectrum, curvature coupling, alignment-instability conditions, drift monitor",
-    (CurvatureConfig, DriftConfig), command,
-))
+register_analysis(
+    Analysis(
+        "curvature",
+        "Curvature",
+        "safety-Hessian spectrum, curvature coupling, alignment-instability conditions, drift monitor",
+        (CurvatureConfig, DriftConfig),
+        command,
+    )
+)

@@ -21,6 +21,7 @@ Defaults (the paper omits n and r): n = 9, r = 0.005 (on the demo model, r = 0.0
 triples the loss a quarter of the way out, and 0.005 shows the basin's shape), 32 samples
 (the paper's); all are parameters.
 """
+
 from __future__ import annotations
 
 import time
@@ -50,16 +51,31 @@ GRAD_CHUNK = 4
 @dataclass(frozen=True)
 class LandscapeConfig:
     grid: int = option(9, "n x n grid points", label="Grid points per axis", low=3, high=51)
-    radius: float = option(0.005, "coefficients in [-r, r], fractions of weight norms", label="Radius (fraction of weight norms)", low=1e-4, high=1.0)
+    radius: float = option(
+        0.005,
+        "coefficients in [-r, r], fractions of weight norms",
+        label="Radius (fraction of weight norms)",
+        low=1e-4,
+        high=1.0,
+    )
     samples: int = option(32, "samples per loss evaluation (the paper's 32)", label="Samples per loss", low=1, high=256)
     batch_size: int = 16
     max_length: int = 192
-    directions: str = option("gradient", "gradient (paper B.3) or random (filter-normalised, Li et al. 2018)", label="Directions", choices=("gradient", "random"))
-    modules: tuple[str, ...] = option(("self_attn", "mlp"), "comma-separated module kinds to perturb", label="Perturbed modules")
+    directions: str = option(
+        "gradient",
+        "gradient (paper B.3) or random (filter-normalised, Li et al. 2018)",
+        label="Directions",
+        choices=("gradient", "random"),
+    )
+    modules: tuple[str, ...] = option(
+        ("self_attn", "mlp"), "comma-separated module kinds to perturb", label="Perturbed modules"
+    )
 
     def validate(self) -> None:
         if self.grid < 3:
-            raise InputError(f"--grid {self.grid} is too small for a Laplacian.", "use a grid of at least 3 (default 11).")
+            raise InputError(
+                f"--grid {self.grid} is too small for a Laplacian.", "use a grid of at least 3 (default 11)."
+            )
         if not self.radius > 0:
             raise InputError(f"--radius {self.radius} must be positive.", "use a radius such as 0.05.")
         if self.directions not in ("gradient", "random"):
@@ -72,7 +88,10 @@ def perturbed_parameters(model: torch.nn.Module, modules: tuple[str, ...]) -> di
     """The 2-D weight matrices of the named module kinds (attention and MLP by default)."""
     params = {n: p for n, p in model.named_parameters() if p.ndim == 2 and any(f".{m}." in n for m in modules)}
     if not params:
-        raise InputError(f"No weight matches modules {list(modules)}.", "name module kinds present in the model, e.g. self_attn, mlp.")
+        raise InputError(
+            f"No weight matches modules {list(modules)}.",
+            "name module kinds present in the model, e.g. self_attn, mlp.",
+        )
     return params
 
 
@@ -106,7 +125,9 @@ def gradient(model, params: dict[str, torch.nn.Parameter], batches: list[dict]) 
     return grads
 
 
-def gradient_direction(grads: dict[str, torch.Tensor], params: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+def gradient_direction(
+    grads: dict[str, torch.Tensor], params: dict[str, torch.Tensor], seed: int
+) -> dict[str, torch.Tensor]:
     """Eq. 6: g * s (element-wise Gaussian scaling from ``seed``), each tensor scaled to its weight's norm."""
     gen = torch.Generator().manual_seed(seed)
     out = {}
@@ -127,7 +148,9 @@ def random_direction(params: dict[str, torch.Tensor], seed: int) -> dict[str, to
     return out
 
 
-def surface(model, params, d1, d2, coords: np.ndarray, batches: list[dict], progress: Progress, label: str) -> np.ndarray:
+def surface(
+    model, params, d1, d2, coords: np.ndarray, batches: list[dict], progress: Progress, label: str
+) -> np.ndarray:
     """Loss on the grid, row by row (row i = coefficient a_i on d1), restoring the weights exactly."""
     theta0 = {n: p.detach().clone() for n, p in params.items()}
     values = np.full((len(coords), len(coords)), np.nan)
@@ -144,8 +167,14 @@ def surface(model, params, d1, d2, coords: np.ndarray, batches: list[dict], prog
                             p.data.add_(d2[n], alpha=float(b - coords[j - 1]))
                 values[i, j] = mean_loss(model, batches)
             if not np.all(np.isfinite(values[i])):
-                raise InputError(f"NaN or infinite loss on the {label} landscape at row {i}.", "use a smaller --radius or float32.")
-            progress.update((i + 1) / len(coords), f"{label}: row {i + 1}/{len(coords)}", {"label": label, "row": i, "values": values[i].tolist()})
+                raise InputError(
+                    f"NaN or infinite loss on the {label} landscape at row {i}.", "use a smaller --radius or float32."
+                )
+            progress.update(
+                (i + 1) / len(coords),
+                f"{label}: row {i + 1}/{len(coords)}",
+                {"label": label, "row": i, "values": values[i].tolist()},
+            )
     finally:
         with torch.no_grad():
             for n, p in params.items():
@@ -174,11 +203,22 @@ def _directions(model, params, tokenizer, batches, config: LandscapeConfig):
     return [gradient_direction(grads, params, s) for s in DIRECTION_SEEDS]
 
 
-def _compute(pair: dict[str, ModelSpec], sets: dict[str, list[Example]], config: LandscapeConfig, progress: Progress) -> dict:
+def _compute(
+    pair: dict[str, ModelSpec], sets: dict[str, list[Example]], config: LandscapeConfig, progress: Progress
+) -> dict:
     coords = np.linspace(-config.radius, config.radius, config.grid)
     tokenizer = load_tokenizer(pair["base"])
-    batches = {k: encode_batches(tokenizer, v[: config.samples], config.batch_size, config.max_length) for k, v in sets.items()}
-    result: dict = {"coords": coords.tolist(), "surfaces": {}, "cross_sections": {}, "cosine": {}, "structural_difference": {}, "seconds": {}}
+    batches = {
+        k: encode_batches(tokenizer, v[: config.samples], config.batch_size, config.max_length) for k, v in sets.items()
+    }
+    result: dict = {
+        "coords": coords.tolist(),
+        "surfaces": {},
+        "cross_sections": {},
+        "cosine": {},
+        "structural_difference": {},
+        "seconds": {},
+    }
     order = ["base"] + [m for m in pair if m != "base"]  # the base defines each set's directions
     jobs = [(s, m) for s in sets for m in order]
     base_names: set[str] = set()
@@ -191,7 +231,10 @@ def _compute(pair: dict[str, ModelSpec], sets: dict[str, list[Example]], config:
             result["cosine"][set_name] = cosine(d1, d2)
             dirs, base_names = (d1, d2), set(params)
         elif set(params) != base_names:
-            raise InputError("Base and fine-tuned models do not share parameter names.", "pass a fine-tune of this base (same architecture).")
+            raise InputError(
+                "Base and fine-tuned models do not share parameter names.",
+                "pass a fine-tune of this base (same architecture).",
+            )
         t = time.monotonic()
         values = surface(model, params, dirs[0], dirs[1], coords, batches[set_name], stage, f"{set_name}/{model_name}")
         result["seconds"][f"{set_name}/{model_name}"] = time.monotonic() - t
@@ -199,7 +242,9 @@ def _compute(pair: dict[str, ModelSpec], sets: dict[str, list[Example]], config:
         result["cross_sections"].setdefault(set_name, {})[model_name] = cross_sections(values)
         del model, params
     for set_name, by_model in result["surfaces"].items():
-        result["structural_difference"][set_name] = structural_difference(np.array(by_model["base"]), np.array(by_model["finetuned"]))
+        result["structural_difference"][set_name] = structural_difference(
+            np.array(by_model["base"]), np.array(by_model["finetuned"])
+        )
     progress.update(1.0, "landscape done")
     return result
 
@@ -215,7 +260,11 @@ def loss_landscape(
     for name, examples in sets.items():
         if not examples:
             raise InputError(f"The '{name}' set is empty.", "pass a data set with at least one example.")
-    key = {"models": {k: fingerprint(v) for k, v in pair.items()}, "data": {k: data_fingerprint(v[: config.samples]) for k, v in sets.items()}, "config": asdict(config)}
+    key = {
+        "models": {k: fingerprint(v) for k, v in pair.items()},
+        "data": {k: data_fingerprint(v[: config.samples]) for k, v in sets.items()},
+        "config": asdict(config),
+    }
     return memoize("landscape", key, lambda: _compute(pair, sets, config, progress or Progress()))
 
 
@@ -230,7 +279,13 @@ def command(args, progress: Progress) -> dict:
     return {**result, "grid": config.grid, "radius": config.radius, "center_loss": center}
 
 
-register_analysis(Analysis(
-    "landscape", "Loss landscape", "gradient-informed 3D loss landscapes and the Laplacian structural difference",
-    (LandscapeConfig,), command, set_files=("harmful", "benign"),
-))
+register_analysis(
+    Analysis(
+        "landscape",
+        "Loss landscape",
+        "gradient-informed 3D loss landscapes and the Laplacian structural difference",
+        (LandscapeConfig,),
+        command,
+        set_files=("harmful", "benign"),
+    )
+)

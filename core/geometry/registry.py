@@ -6,6 +6,7 @@ config dataclasses), the answer cache and the job runner key on the command line
 page lists every registered analysis, so adding an analysis touches its module, its page and its
 figure builder (``core.present.figures.FIGURES``), nothing else.
 """
+
 from __future__ import annotations
 
 import argparse

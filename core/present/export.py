@@ -8,6 +8,7 @@ exit or by ``close_browser``). MathJax is disabled: it would be fetched from a C
 
 Nothing here writes to disk: exports return bytes, reports return strings.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -46,7 +47,7 @@ class _Browser:
     """One kaleido-driven Chromium on its own event-loop thread, reused across exports."""
 
     def __init__(self, path: str):
-        import kaleido
+        import kaleido  # loaded on the first export only: it starts a browser
 
         self.path = path
         self.loop = asyncio.new_event_loop()
@@ -151,42 +152,55 @@ class Section:
     numbers: dict[str, Any] = field(default_factory=dict)
 
 
-STYLE = """
-body { font-family: Helvetica, Arial, sans-serif; font-size: 17px; color: #222; max-width: 1400px; margin: 2em auto; padding: 0 1.5em; }
-h1 { font-size: 2em; } h2 { font-size: 1.5em; border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
-table { border-collapse: collapse; margin: .5em 0 1.5em; } caption { text-align: left; font-weight: bold; padding: .3em 0; }
-th, td { border: 1px solid #ddd; padding: .35em .7em; text-align: left; } th { background: #f4f4f4; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; } pre { background: #f7f7f7; padding: 1em; overflow-x: auto; }
-.figure { margin: 1em 0; }
-"""
+STYLE = (
+    "\n"
+    "body { font-family: Helvetica, Arial, sans-serif; font-size: 17px; color: #222; max-width: 1400px; "
+    "margin: 2em auto; padding: 0 1.5em; }\n"
+    "h1 { font-size: 2em; } h2 { font-size: 1.5em; border-bottom: 1px solid #ddd; padding-bottom: .2em; "
+    "margin-top: 2em; }\n"
+    "table { border-collapse: collapse; margin: .5em 0 1.5em; } "
+    "caption { text-align: left; font-weight: bold; padding: .3em 0; }\n"
+    "th, td { border: 1px solid #ddd; padding: .35em .7em; text-align: left; } th { background: #f4f4f4; }\n"
+    "td.num { text-align: right; font-variant-numeric: tabular-nums; } "
+    "pre { background: #f7f7f7; padding: 1em; overflow-x: auto; }\n"
+    ".figure { margin: 1em 0; }\n"
+)
 
 
 def report_html(title: str, sections: list[Section]) -> str:
     """One self-contained HTML page: plotly.js inlined once, then every section in order."""
     body = "\n".join(_section_html(s, i) for i, s in enumerate(sections))
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n"
-        f"<script type=\"text/javascript\">{get_plotlyjs()}</script>\n</head>\n<body>\n"
+        f'<script type="text/javascript">{get_plotlyjs()}</script>\n</head>\n<body>\n'
         f"<h1>{html.escape(title)}</h1>\n{body}\n</body>\n</html>\n"
     )
 
 
 def _section_html(section: Section, index: int) -> str:
-    parts = [f"<section id=\"section-{index + 1}\">", f"<h2>{html.escape(section.title)}</h2>"]
+    parts = [f'<section id="section-{index + 1}">', f"<h2>{html.escape(section.title)}</h2>"]
     parts += [f"<p>{html.escape(p.strip())}</p>" for p in section.text.split("\n\n") if p.strip()]
     parts += [_figure_html(fig) for fig in section.figures]
     parts += [_table_html(name, rows) for name, rows in section.tables.items()]
     if section.numbers:
-        parts.append(f"<details><summary>Numbers</summary><pre>{html.escape(json.dumps(_jsonable(section.numbers), indent=2))}</pre></details>")
+        numbers = html.escape(json.dumps(_jsonable(section.numbers), indent=2))
+        parts.append(f"<details><summary>Numbers</summary><pre>{numbers}</pre></details>")
     parts.append("</section>")
     return "\n".join(parts)
 
 
 def _figure_html(fig: go.Figure) -> str:
-    div = pio.to_html(fig, include_plotlyjs=False, include_mathjax=False, full_html=False, default_width="100%",
-                      default_height="640px", config={"displaylogo": False, "responsive": True})
-    return f"<div class=\"figure\">{div}</div>"
+    div = pio.to_html(
+        fig,
+        include_plotlyjs=False,
+        include_mathjax=False,
+        full_html=False,
+        default_width="100%",
+        default_height="640px",
+        config={"displaylogo": False, "responsive": True},
+    )
+    return f'<div class="figure">{div}</div>'
 
 
 def _table_html(name: str, rows: list[dict]) -> str:
@@ -201,13 +215,15 @@ def _cell_html(value: Any) -> str:
         return f"<td>{'yes' if value else 'no'}</td>"
     if isinstance(value, (int, float)):
         text = f"{value:.4g}" if isinstance(value, float) and math.isfinite(value) else str(value)
-        return f"<td class=\"num\">{html.escape(text)}</td>"
+        return f'<td class="num">{html.escape(text)}</td>'
     return f"<td>{'' if value is None else html.escape(str(value))}</td>"
 
 
 def report_json(sections: list[Section]) -> str:
     """The report's numbers and tables as strict JSON (NaN and infinities become null)."""
-    data = {"sections": [{"title": s.title, "text": s.text, "tables": s.tables, "numbers": s.numbers} for s in sections]}
+    data = {
+        "sections": [{"title": s.title, "text": s.text, "tables": s.tables, "numbers": s.numbers} for s in sections]
+    }
     return json.dumps(_jsonable(data), indent=2, allow_nan=False)
 
 

@@ -8,6 +8,7 @@ Builders only rearrange numbers (no model, no heavy maths) and never raise on mi
 partial input: a result still being computed gives a figure that says "no data yet" or shows
 the parts that have finished. Tables come back as ``list[dict]`` rows for ``st.dataframe``.
 """
+
 from __future__ import annotations
 
 import html
@@ -41,14 +42,29 @@ PERCENT_RANGE = [-2, 102]
 
 def _axis_style() -> dict[str, Any]:
     return dict(
-        showgrid=True, gridcolor="#E6E6E6", gridwidth=1, zeroline=False, showline=True, linecolor="#444444",
-        ticks="outside", tickcolor="#444444", automargin=True, title=dict(standoff=12),
+        showgrid=True,
+        gridcolor="#E6E6E6",
+        gridwidth=1,
+        zeroline=False,
+        showline=True,
+        linecolor="#444444",
+        ticks="outside",
+        tickcolor="#444444",
+        automargin=True,
+        title=dict(standoff=12),
     )
 
 
 def _scene_axis_style() -> dict[str, Any]:
-    return dict(backgroundcolor="white", gridcolor="#DDDDDD", showbackground=True, zerolinecolor="#999999",
-                nticks=5, tickfont=dict(size=15), title=dict(font=dict(size=18)))
+    return dict(
+        backgroundcolor="white",
+        gridcolor="#DDDDDD",
+        showbackground=True,
+        zerolinecolor="#999999",
+        nticks=5,
+        tickfont=dict(size=15),
+        title=dict(font=dict(size=18)),
+    )
 
 
 def slide_template() -> go.layout.Template:
@@ -57,8 +73,11 @@ def slide_template() -> go.layout.Template:
         layout=dict(
             font=dict(family="Helvetica, Arial, 'DejaVu Sans', sans-serif", size=BASE_FONT, color="#222222"),
             title=dict(font=dict(size=TITLE_FONT), x=0.01, xanchor="left", y=0.97, yanchor="top"),
-            paper_bgcolor="white", plot_bgcolor="white", colorway=OKABE_ITO,
-            xaxis=_axis_style(), yaxis=_axis_style(),
+            paper_bgcolor="white",
+            plot_bgcolor="white",
+            colorway=OKABE_ITO,
+            xaxis=_axis_style(),
+            yaxis=_axis_style(),
             scene=dict(xaxis=_scene_axis_style(), yaxis=_scene_axis_style(), zaxis=_scene_axis_style()),
             colorscale=dict(sequential=SEQUENTIAL),
             legend=dict(bgcolor="rgba(255,255,255,0.8)", bordercolor="#CCCCCC", borderwidth=1),
@@ -174,23 +193,43 @@ def correlation_scatter(result: dict | None) -> go.Figure:
 
 
 def _add_correlation_panel(fig: go.Figure, data: dict, name: str, col: int) -> None:
-    pairs = np.array([[_finite(p[0]), _finite(p[1])] for p in data["pairs"] if p is not None and len(p) >= 2], dtype=float).reshape(-1, 2)
+    pairs = np.array(
+        [[_finite(p[0]), _finite(p[1])] for p in data["pairs"] if p is not None and len(p) >= 2], dtype=float
+    ).reshape(-1, 2)
     prompts = list(data.get("prompts") or [])
     hover = [_truncate(prompts[i]) if i < len(prompts) else f"prompt {i + 1}" for i in range(len(pairs))]
-    fig.add_trace(go.Scatter(
-        x=_plain(pairs[:, :1].T)[0], y=_plain(pairs[:, 1:].T)[0],
-        mode="markers", name=name, marker=dict(color=SET_COLOURS.get(name, OKABE_ITO[4]), size=11, opacity=0.75),
-        customdata=hover, hovertemplate="%{customdata}<br>base %{x:.3f} nats<br>fine-tuned %{y:.3f} nats<extra>" + name + "</extra>",
-    ), row=1, col=col)
+    fig.add_trace(
+        go.Scatter(
+            x=_plain(pairs[:, :1].T)[0],
+            y=_plain(pairs[:, 1:].T)[0],
+            mode="markers",
+            name=name,
+            marker=dict(color=SET_COLOURS.get(name, OKABE_ITO[4]), size=11, opacity=0.75),
+            customdata=hover,
+            hovertemplate="%{customdata}<br>base %{x:.3f} nats<br>fine-tuned %{y:.3f} nats<extra>" + name + "</extra>",
+        ),
+        row=1,
+        col=col,
+    )
     bounds = _range([pairs])
     if bounds is None:
         return
     pad = 0.05 * (bounds[1] - bounds[0])
     lo, hi = bounds[0] - pad, bounds[1] + pad
-    fig.add_trace(go.Scatter(
-        x=[lo, hi], y=[lo, hi], mode="lines", name="y = x", legendgroup="y = x", showlegend=col == 1,
-        line=dict(color="#777777", dash="dash", width=2), hoverinfo="skip",
-    ), row=1, col=col)
+    fig.add_trace(
+        go.Scatter(
+            x=[lo, hi],
+            y=[lo, hi],
+            mode="lines",
+            name="y = x",
+            legendgroup="y = x",
+            showlegend=col == 1,
+            line=dict(color="#777777", dash="dash", width=2),
+            hoverinfo="skip",
+        ),
+        row=1,
+        col=col,
+    )
     fig.update_xaxes(range=[lo, hi], row=1, col=col)
     fig.update_yaxes(range=[lo, hi], row=1, col=col)
 
@@ -199,13 +238,24 @@ def mean_loss_bars(result: dict | None) -> go.Figure:
     """Mean loss per set for the base and the fine-tuned model, side by side."""
     title = "Mean loss per set: base vs fine-tuned"
     result = result or {}
-    sets = [s for s in _ordered(result, CORRELATION_SETS) if isinstance(result[s], dict) and "mean_loss_base" in result[s]]
+    sets = [
+        s for s in _ordered(result, CORRELATION_SETS) if isinstance(result[s], dict) and "mean_loss_base" in result[s]
+    ]
     if not sets:
         return no_data(title)
     fig = go.Figure()
     for model in ("base", "finetuned"):
         ys = [_finite(result[s].get(f"mean_loss_{model}")) for s in sets]
-        fig.add_trace(go.Bar(x=sets, y=ys, name=_label(model), marker_color=ROLE_COLOURS[model], texttemplate="%{y:.2f}", textposition="outside"))
+        fig.add_trace(
+            go.Bar(
+                x=sets,
+                y=ys,
+                name=_label(model),
+                marker_color=ROLE_COLOURS[model],
+                texttemplate="%{y:.2f}",
+                textposition="outside",
+            )
+        )
     fig.update_xaxes(title_text="prompt set")
     fig.update_yaxes(title_text="mean loss (nats)")
     return _finish(fig, title, barmode="group")
@@ -217,13 +267,15 @@ def correlation_table(result: dict | None) -> list[dict]:
     rows = []
     for name in _correlation_sets(result):
         d = result[name]
-        rows.append({
-            "set": name,
-            "r": _finite(d.get("r")),
-            "95% CI": f"[{_fmt(d.get('ci_low'))}, {_fmt(d.get('ci_high'))}]",
-            "p": _fmt(d.get("p_value"), ".2g"),
-            "n": int(d.get("n", len(d["pairs"]))),
-        })
+        rows.append(
+            {
+                "set": name,
+                "r": _finite(d.get("r")),
+                "95% CI": f"[{_fmt(d.get('ci_low'))}, {_fmt(d.get('ci_high'))}]",
+                "p": _fmt(d.get("p_value"), ".2g"),
+                "n": int(d.get("n", len(d["pairs"]))),
+            }
+        )
     return rows
 
 
@@ -236,7 +288,10 @@ CAMERA = dict(eye=dict(x=1.25, y=-1.25, z=0.75), up=dict(x=0, y=0, z=1))
 def landscape_surfaces(result: dict | None) -> go.Figure:
     """Rows: sets; columns: models. One shared colour scale and z range, one camera for all."""
     title = "Loss landscapes (α, β: fractions of each weight's norm)"
-    surfaces = {s: {m: _grid(z) for m, z in (by_model or {}).items() if z} for s, by_model in ((result or {}).get("surfaces") or {}).items()}
+    surfaces = {
+        s: {m: _grid(z) for m, z in (by_model or {}).items() if z}
+        for s, by_model in ((result or {}).get("surfaces") or {}).items()
+    }
     sets = [s for s in _ordered(surfaces, LANDSCAPE_SETS) if surfaces[s]]
     if not sets:
         return no_data(title)
@@ -244,9 +299,12 @@ def landscape_surfaces(result: dict | None) -> go.Figure:
     bounds = _range(z for s in sets for z in surfaces[s].values()) or (0.0, 1.0)
     diff = (result or {}).get("structural_difference") or {}
     fig = make_subplots(
-        rows=len(sets), cols=len(models), specs=[[{"type": "scene"}] * len(models) for _ in sets],
+        rows=len(sets),
+        cols=len(models),
+        specs=[[{"type": "scene"}] * len(models) for _ in sets],
         subplot_titles=[_surface_title(s, m, surfaces, diff) for s in sets for m in models],
-        horizontal_spacing=0.02, vertical_spacing=0.06,
+        horizontal_spacing=0.02,
+        vertical_spacing=0.06,
     )
     coords = list((result or {}).get("coords") or [])
     first = True
@@ -256,8 +314,13 @@ def landscape_surfaces(result: dict | None) -> go.Figure:
                 fig.add_trace(_surface(surfaces[s][m], coords, bounds, f"{s} / {_label(m)}", first), row=r, col=c)
                 first = False
     fig.update_scenes(
-        camera=CAMERA, aspectmode="manual", aspectratio=dict(x=1, y=1, z=0.75), xaxis_title_text="α on d1", yaxis_title_text="β on d2",
-        zaxis_title_text=LOSS, zaxis_range=list(bounds),
+        camera=CAMERA,
+        aspectmode="manual",
+        aspectratio=dict(x=1, y=1, z=0.75),
+        xaxis_title_text="α on d1",
+        yaxis_title_text="β on d2",
+        zaxis_title_text=LOSS,
+        zaxis_range=list(bounds),
     )
     return _finish(fig, title, height=120 + 480 * len(sets))
 
@@ -276,8 +339,15 @@ def _surface(z: np.ndarray, coords: list, bounds: tuple[float, float], name: str
     axis = coords if len(coords) == z.shape[0] else list(range(z.shape[0]))
     other = coords if len(coords) == z.shape[1] else list(range(z.shape[1]))
     return go.Surface(
-        x=axis, y=other, z=_plain(z.T), name=name, colorscale=SEQUENTIAL, cmin=bounds[0], cmax=bounds[1],
-        showscale=showscale, colorbar=dict(title=dict(text=LOSS, side="right"), len=0.8),
+        x=axis,
+        y=other,
+        z=_plain(z.T),
+        name=name,
+        colorscale=SEQUENTIAL,
+        cmin=bounds[0],
+        cmax=bounds[1],
+        showscale=showscale,
+        colorbar=dict(title=dict(text=LOSS, side="right"), len=0.8),
         hovertemplate="α %{x:.3f}<br>β %{y:.3f}<br>loss %{z:.3f} nats<extra>" + name + "</extra>",
     )
 
@@ -289,16 +359,31 @@ def cross_section_figure(result: dict | None) -> go.Figure:
     lines = [(s, m, cs) for s in _ordered(sections, LANDSCAPE_SETS) for m, cs in _model_items(sections[s]) if cs]
     if not lines:
         return no_data(title)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["along d1 (β = 0)", "along d2 (α = 0)"], shared_yaxes=True, horizontal_spacing=0.05)
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=["along d1 (β = 0)", "along d2 (α = 0)"],
+        shared_yaxes=True,
+        horizontal_spacing=0.05,
+    )
     coords = list((result or {}).get("coords") or [])
     for s, m, cs in lines:
         for col, key in enumerate(("d1", "d2"), start=1):
             ys = [_finite(v) for v in cs.get(key) or []]
             xs = coords if len(coords) == len(ys) else list(range(len(ys)))
-            fig.add_trace(go.Scatter(
-                x=xs, y=ys, mode="lines+markers", name=f"{s} / {_label(m)}", legendgroup=f"{s}/{m}", showlegend=col == 1,
-                line=dict(color=SET_COLOURS.get(s, OKABE_ITO[4]), dash="solid" if m == "base" else "dash", width=3),
-            ), row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    mode="lines+markers",
+                    name=f"{s} / {_label(m)}",
+                    legendgroup=f"{s}/{m}",
+                    showlegend=col == 1,
+                    line=dict(color=SET_COLOURS.get(s, OKABE_ITO[4]), dash="solid" if m == "base" else "dash", width=3),
+                ),
+                row=1,
+                col=col,
+            )
     fig.update_xaxes(title_text=ALPHA, col=1)
     fig.update_xaxes(title_text=BETA, col=2)
     fig.update_yaxes(title_text=LOSS, col=1)
@@ -325,15 +410,33 @@ def hessian_spectrum(result: dict | None) -> go.Figure:
     colours = {"safety": OKABE_ITO[1], "task": OKABE_ITO[0]}
     for name, ys in series.items():
         if ys:
-            fig.add_trace(go.Scatter(x=list(range(1, len(ys) + 1)), y=ys, mode="lines+markers", name=f"{name} Hessian",
-                                     line=dict(color=colours[name], width=3), marker=dict(size=10)))
+            fig.add_trace(
+                go.Scatter(
+                    x=list(range(1, len(ys) + 1)),
+                    y=ys,
+                    mode="lines+markers",
+                    name=f"{name} Hessian",
+                    line=dict(color=colours[name], width=3),
+                    marker=dict(size=10),
+                )
+            )
     values = [v for ys in series.values() for v in ys if v is not None]
     mean = _mean_eigenvalue(result)
     if mean is not None:
         fig.add_hline(y=mean, line=dict(color="#777777", dash="dot", width=2))
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"mean eigenvalue tr(H)/n = {mean:.2g}", line=dict(color="#777777", dash="dot", width=2)))
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="lines",
+                name=f"mean eigenvalue tr(H)/n = {mean:.2g}",
+                line=dict(color="#777777", dash="dot", width=2),
+            )
+        )
         values.append(mean)
-    fig.update_xaxes(title_text="eigenvalue rank (1 = largest)", dtick=1 if max(map(len, series.values())) <= 25 else None)
+    fig.update_xaxes(
+        title_text="eigenvalue rank (1 = largest)", dtick=1 if max(map(len, series.values())) <= 25 else None
+    )
     fig.update_yaxes(title_text="eigenvalue λ (nats per squared weight unit)", **_value_axis(values))
     return _finish(fig, title)
 
@@ -361,14 +464,28 @@ def drift_figure(drift: dict | None) -> go.Figure:
     if not n:
         return no_data(title)
     steps, losses = steps[:n], losses[:n]
-    fig = go.Figure(go.Scatter(x=steps, y=losses, mode="markers+lines", name="measured", marker=dict(size=11, color="#000000"), line=dict(color="#000000", width=1)))
+    fig = go.Figure(
+        go.Scatter(
+            x=steps,
+            y=losses,
+            mode="markers+lines",
+            name="measured",
+            marker=dict(size=11, color="#000000"),
+            line=dict(color="#000000", width=1),
+        )
+    )
     for i, (name, fit) in enumerate((drift.get("fits") or {}).items()):
         curve = _power_law_curve(steps, losses[0], fit or {})
         if curve is not None:
-            fig.add_trace(go.Scatter(
-                x=curve[0], y=curve[1], mode="lines", line=dict(color=OKABE_ITO[i % 6], width=3, dash=DASHES[(i + 1) % len(DASHES)]),
-                name=f"{_fit_name(name)}: p = {_fmt(fit.get('exponent'))}, R² = {_fmt(fit.get('r2'), '.3f')}",
-            ))
+            fig.add_trace(
+                go.Scatter(
+                    x=curve[0],
+                    y=curve[1],
+                    mode="lines",
+                    line=dict(color=OKABE_ITO[i % 6], width=3, dash=DASHES[(i + 1) % len(DASHES)]),
+                    name=f"{_fit_name(name)}: p = {_fmt(fit.get('exponent'))}, R² = {_fmt(fit.get('r2'), '.3f')}",
+                )
+            )
     fig.update_xaxes(title_text="fine-tuning step")
     fig.update_yaxes(title_text="alignment loss (nats)")
     return _finish(fig, title, legend=dict(x=0.01, y=0.99, xanchor="left", yanchor="top"))
@@ -396,12 +513,26 @@ def conditions_table(result: dict | None) -> list[dict]:
     """The alignment-instability condition's three parts and the verdict, one row each."""
     cond = (result or {}).get("conditions") or {}
     rows = [
-        {"condition": label, "what": cond[key].get("what", ""), "value": _finite(cond[key].get("value")),
-         "threshold": _finite(cond[key].get("threshold")), "holds": bool(cond[key].get("holds"))}
-        for key, label in CONDITION_LABELS.items() if isinstance(cond.get(key), dict)
+        {
+            "condition": label,
+            "what": cond[key].get("what", ""),
+            "value": _finite(cond[key].get("value")),
+            "threshold": _finite(cond[key].get("threshold")),
+            "holds": bool(cond[key].get("holds")),
+        }
+        for key, label in CONDITION_LABELS.items()
+        if isinstance(cond.get(key), dict)
     ]
     if rows and "all_hold" in cond:
-        rows.append({"condition": "all three", "what": "the instability condition holds", "value": None, "threshold": None, "holds": bool(cond["all_hold"])})
+        rows.append(
+            {
+                "condition": "all three",
+                "what": "the instability condition holds",
+                "value": None,
+                "threshold": None,
+                "holds": bool(cond["all_hold"]),
+            }
+        )
     return rows
 
 
@@ -419,10 +550,17 @@ def basin_curves(result: dict | None) -> go.Figure:
         for k, line in enumerate(result[m]["lines"]):
             ys = [_finite(v) for v in line]
             xs = coords[: len(ys)] if len(coords) >= len(ys) else list(range(len(ys)))
-            fig.add_trace(go.Scatter(
-                x=xs, y=ys, mode="lines+markers", name=f"{_label(m)}, direction {k + 1}", legendgroup=m,
-                line=dict(color=colours[m], dash=DASHES[k % len(DASHES)], width=3), marker=dict(size=8),
-            ))
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    mode="lines+markers",
+                    name=f"{_label(m)}, direction {k + 1}",
+                    legendgroup=m,
+                    line=dict(color=colours[m], dash=DASHES[k % len(DASHES)], width=3),
+                    marker=dict(size=8),
+                )
+            )
     fig.update_xaxes(title_text=ALPHA)
     fig.update_yaxes(title_text="attack success rate (%)", range=PERCENT_RANGE)
     return _finish(fig, title)
@@ -441,11 +579,22 @@ def basin_plane(result: dict | None) -> go.Figure:
         coords = list(result[m].get("plane_coords") or [])
         axis = coords if len(coords) == z.shape[0] else list(range(z.shape[0]))
         other = coords if len(coords) == z.shape[1] else list(range(z.shape[1]))
-        fig.add_trace(go.Heatmap(
-            x=axis, y=other, z=_plain(z.T), zmin=0, zmax=100, colorscale=SEQUENTIAL, showscale=col == 1, name=_label(m),
-            colorbar=dict(title=dict(text="ASR (%)", side="right")),
-            hovertemplate="α %{x:.3f}<br>β %{y:.3f}<br>ASR %{z:.1f}%<extra>" + _label(m) + "</extra>",
-        ), row=1, col=col)
+        fig.add_trace(
+            go.Heatmap(
+                x=axis,
+                y=other,
+                z=_plain(z.T),
+                zmin=0,
+                zmax=100,
+                colorscale=SEQUENTIAL,
+                showscale=col == 1,
+                name=_label(m),
+                colorbar=dict(title=dict(text="ASR (%)", side="right")),
+                hovertemplate="α %{x:.3f}<br>β %{y:.3f}<br>ASR %{z:.1f}%<extra>" + _label(m) + "</extra>",
+            ),
+            row=1,
+            col=col,
+        )
         fig.update_xaxes(title_text=ALPHA, row=1, col=col)
     fig.update_yaxes(title_text=BETA, col=1)
     return _finish(fig, title)
@@ -464,8 +613,16 @@ def visage_bars(result: dict | None) -> go.Figure:
     for i, (key, label) in enumerate(VISAGE_SCORES.items()):
         ys = [_finite(result[m].get(key)) for m in models]
         if any(v is not None for v in ys):
-            fig.add_trace(go.Bar(x=[_label(m) for m in models], y=ys, name=label, marker_color=OKABE_ITO[[0, 2, 3][i]],
-                                 texttemplate="%{y:.1f}", textposition="outside"))
+            fig.add_trace(
+                go.Bar(
+                    x=[_label(m) for m in models],
+                    y=ys,
+                    name=label,
+                    marker_color=OKABE_ITO[[0, 2, 3][i]],
+                    texttemplate="%{y:.1f}",
+                    textposition="outside",
+                )
+            )
     fig.update_xaxes(title_text="model")
     fig.update_yaxes(title_text="safety margin, 100 − ASR (%)", range=[0, 110])
     return _finish(fig, title, barmode="group")
@@ -477,10 +634,27 @@ RESTORATION_PANELS = (
     ("retain loss", "loss (nats)", (("retain_loss", "retain"),), None),
     ("harmful rate", "harmful answers (%)", (("harmful_rate", "harmful rate"),), PERCENT_RANGE),
     ("task exact match", "exact match (%)", (("task_exact_match", "task EM"),), PERCENT_RANGE),
-    ("Pearson r with the base model's losses", "Pearson r", (("forget_r_base", "r, forget set"), ("retain_r_base", "r, retain set")), [-1.05, 1.05]),
-    ("distance of the weights", "Frobenius norm of Δweights", (("distance_to_finetuned", "distance to fine-tuned"), ("distance_to_base", "distance to base")), None),
+    (
+        "Pearson r with the base model's losses",
+        "Pearson r",
+        (("forget_r_base", "r, forget set"), ("retain_r_base", "r, retain set")),
+        [-1.05, 1.05],
+    ),
+    (
+        "distance of the weights",
+        "Frobenius norm of Δweights",
+        (("distance_to_finetuned", "distance to fine-tuned"), ("distance_to_base", "distance to base")),
+        None,
+    ),
 )
-SERIES_COLOURS = {"forget": OKABE_ITO[1], "retain": OKABE_ITO[0], "r, forget set": OKABE_ITO[1], "r, retain set": OKABE_ITO[0], "distance to fine-tuned": OKABE_ITO[4], "distance to base": "#000000"}
+SERIES_COLOURS = {
+    "forget": OKABE_ITO[1],
+    "retain": OKABE_ITO[0],
+    "r, forget set": OKABE_ITO[1],
+    "r, retain set": OKABE_ITO[0],
+    "distance to fine-tuned": OKABE_ITO[4],
+    "distance to base": "#000000",
+}
 
 
 def restoration_live(record: dict | None) -> go.Figure:
@@ -491,18 +665,32 @@ def restoration_live(record: dict | None) -> go.Figure:
     if not steps:
         return no_data(title)
     xs = [s.get("step", i) for i, s in enumerate(steps)]
-    fig = make_subplots(rows=2, cols=3, subplot_titles=[p[0] for p in RESTORATION_PANELS], horizontal_spacing=0.11, vertical_spacing=0.2)
+    fig = make_subplots(
+        rows=2, cols=3, subplot_titles=[p[0] for p in RESTORATION_PANELS], horizontal_spacing=0.11, vertical_spacing=0.2
+    )
     for i, (_, ytitle, series, yrange) in enumerate(RESTORATION_PANELS):
         row, col = divmod(i, 3)
         for key, name in series:
             ys = [_finite(s.get(key)) for s in steps]
             if any(v is not None for v in ys):
-                fig.add_trace(go.Scatter(
-                    x=xs, y=ys, mode="lines+markers", name=name, showlegend=len(series) > 1, legendgroup=f"{i}-{name}",
-                    line=dict(color=SERIES_COLOURS.get(name, OKABE_ITO[2]), width=3), marker=dict(size=9),
-                ), row=row + 1, col=col + 1)
+                fig.add_trace(
+                    go.Scatter(
+                        x=xs,
+                        y=ys,
+                        mode="lines+markers",
+                        name=name,
+                        showlegend=len(series) > 1,
+                        legendgroup=f"{i}-{name}",
+                        line=dict(color=SERIES_COLOURS.get(name, OKABE_ITO[2]), width=3),
+                        marker=dict(size=9),
+                    ),
+                    row=row + 1,
+                    col=col + 1,
+                )
         fig.update_yaxes(title_text=ytitle, range=yrange, row=row + 1, col=col + 1)
-        fig.update_xaxes(title_text="step", row=row + 1, col=col + 1, rangemode="tozero", tick0=0, dtick=_step_dtick(xs))
+        fig.update_xaxes(
+            title_text="step", row=row + 1, col=col + 1, rangemode="tozero", tick0=0, dtick=_step_dtick(xs)
+        )
     return _finish(fig, title, height=860, legend=dict(orientation="h", y=-0.12, x=0))
 
 
@@ -532,8 +720,14 @@ def before_after_table(record: dict | None) -> list[dict]:
         b, a = _finite(before.get(key)), _finite(after.get(key))
         if b is None and a is None:
             continue
-        rows.append({"metric": BEFORE_AFTER_METRICS.get(key, _label(key)), "before": b, "after": a,
-                     "change": a - b if a is not None and b is not None else None})
+        rows.append(
+            {
+                "metric": BEFORE_AFTER_METRICS.get(key, _label(key)),
+                "before": b,
+                "after": a,
+                "change": a - b if a is not None and b is not None else None,
+            }
+        )
     return rows
 
 
@@ -544,10 +738,15 @@ PATH_COLOURS = {"curvature": "#000000", "gradient-ascent": "#D55E00"}
 def trajectory_contour(result: dict | None) -> go.Figure:
     """Per learning rate, the objective J = L_forget − L_retain over the PCA plane and both paths."""
     title = "Restoration paths over J = L_forget − L_retain (★ = end)"
-    lrs = sorted((lr for lr, r in (result or {}).items() if isinstance(r, dict) and (r.get("objective") or r.get("paths"))), key=_lr_key)
+    lrs = sorted(
+        (lr for lr, r in (result or {}).items() if isinstance(r, dict) and (r.get("objective") or r.get("paths"))),
+        key=_lr_key,
+    )
     if not lrs:
         return no_data(title)
-    fig = make_subplots(rows=1, cols=len(lrs), subplot_titles=[f"learning rate {lr}" for lr in lrs], horizontal_spacing=0.08)
+    fig = make_subplots(
+        rows=1, cols=len(lrs), subplot_titles=[f"learning rate {lr}" for lr in lrs], horizontal_spacing=0.08
+    )
     grids = {lr: _grid(result[lr].get("objective")) for lr in lrs}
     bounds = _range(grids.values())
     for col, lr in enumerate(lrs, start=1):
@@ -560,13 +759,28 @@ def _lr_key(lr: str) -> float:
     return v if v is not None else math.inf
 
 
-def _add_trajectory_panel(fig: go.Figure, data: dict, z: np.ndarray, bounds: tuple[float, float] | None, col: int) -> None:
+def _add_trajectory_panel(
+    fig: go.Figure, data: dict, z: np.ndarray, bounds: tuple[float, float] | None, col: int
+) -> None:
     if z.size and bounds:
-        fig.add_trace(go.Contour(
-            x=data.get("x"), y=data.get("y"), z=_plain(z), zmin=bounds[0], zmax=bounds[1], colorscale=SEQUENTIAL,
-            showscale=col == 1, name="J", contours=dict(showlines=True), line=dict(width=0.5, color="rgba(255,255,255,0.5)"),
-            colorbar=dict(title=dict(text="J (nats)", side="right")), hovertemplate="PC1 %{x:.3g}<br>PC2 %{y:.3g}<br>J %{z:.3f} nats<extra></extra>",
-        ), row=1, col=col)
+        fig.add_trace(
+            go.Contour(
+                x=data.get("x"),
+                y=data.get("y"),
+                z=_plain(z),
+                zmin=bounds[0],
+                zmax=bounds[1],
+                colorscale=SEQUENTIAL,
+                showscale=col == 1,
+                name="J",
+                contours=dict(showlines=True),
+                line=dict(width=0.5, color="rgba(255,255,255,0.5)"),
+                colorbar=dict(title=dict(text="J (nats)", side="right")),
+                hovertemplate="PC1 %{x:.3g}<br>PC2 %{y:.3g}<br>J %{z:.3f} nats<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
     for method, path in (data.get("paths") or {}).items():
         pts = [(p[0], p[1]) for p in path or [] if p is not None and len(p) >= 2]
         if pts:
@@ -586,12 +800,23 @@ def _path_trace(method: str, pts: list[tuple[float, float]], data: dict, showleg
         symbols[-1], sizes[-1] = "star", 20
     forget = (data.get("final_forget_loss") or {}).get(method)
     retain = (data.get("final_retain_loss") or {}).get(method)
-    suffix = f": final L_forget {_fmt(forget)}, L_retain {_fmt(retain)} nats" if forget is not None or retain is not None else ""
+    suffix = (
+        f": final L_forget {_fmt(forget)}, L_retain {_fmt(retain)} nats"
+        if forget is not None or retain is not None
+        else ""
+    )
     colour = PATH_COLOURS.get(method, OKABE_ITO[4])
     return go.Scatter(
-        x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=method + suffix, legendgroup=method, showlegend=showlegend,
-        line=dict(color=colour, width=3), marker=dict(symbol=symbols, size=sizes, color=colour, line=dict(color="white", width=1.5)),
-        customdata=list(range(n)), hovertemplate=method + "<br>step %{customdata}<extra></extra>",
+        x=[p[0] for p in pts],
+        y=[p[1] for p in pts],
+        mode="lines+markers",
+        name=method + suffix,
+        legendgroup=method,
+        showlegend=showlegend,
+        line=dict(color=colour, width=3),
+        marker=dict(symbol=symbols, size=sizes, color=colour, line=dict(color="white", width=1.5)),
+        customdata=list(range(n)),
+        hovertemplate=method + "<br>step %{customdata}<extra></extra>",
     )
 
 
@@ -613,20 +838,43 @@ def comparison_bars(result: dict | None) -> go.Figure:
     colours = model_colours([r["model"] for r in rows])
     fig = go.Figure()
     for r in rows:
-        fig.add_trace(go.Bar(
-            x=list(COMPARISON_METRICS.values()), y=[_finite(r.get(k)) for k in COMPARISON_METRICS], name=_label(r["model"]),
-            marker_color=colours[r["model"]], texttemplate="%{y:.0f}", textposition="outside",
-        ))
+        fig.add_trace(
+            go.Bar(
+                x=list(COMPARISON_METRICS.values()),
+                y=[_finite(r.get(k)) for k in COMPARISON_METRICS],
+                name=_label(r["model"]),
+                marker_color=colours[r["model"]],
+                texttemplate="%{y:.0f}",
+                textposition="outside",
+            )
+        )
     fig.update_xaxes(title_text="metric")
     fig.update_yaxes(title_text="rate (%)", range=[0, 110])
     return _finish(fig, title, barmode="group")
 
 
 __all__ = [
-    "OKABE_ITO", "TEMPLATE", "apply_theme", "basin_curves", "basin_plane", "before_after_table", "comparison_bars",
-    "conditions_table", "correlation_scatter", "correlation_table", "cross_section_figure", "drift_figure",
-    "hessian_spectrum", "landscape_surfaces", "mean_loss_bars", "model_colours", "no_data", "restoration_live",
-    "slide_template", "trajectory_contour", "visage_bars",
+    "OKABE_ITO",
+    "TEMPLATE",
+    "apply_theme",
+    "basin_curves",
+    "basin_plane",
+    "before_after_table",
+    "comparison_bars",
+    "conditions_table",
+    "correlation_scatter",
+    "correlation_table",
+    "cross_section_figure",
+    "drift_figure",
+    "hessian_spectrum",
+    "landscape_surfaces",
+    "mean_loss_bars",
+    "model_colours",
+    "no_data",
+    "restoration_live",
+    "slide_template",
+    "trajectory_contour",
+    "visage_bars",
 ]
 
 
@@ -656,7 +904,10 @@ FIGURES: dict[str, AnalysisFigures] = {
     "landscape": AnalysisFigures(
         "Gradient-informed surfaces; structural difference = 100 (1 - r of the Laplacians).",
         lambda r: [landscape_surfaces(r), cross_section_figure(r)],
-        numbers=lambda r: {"structural_difference_percent": r["structural_difference"], "direction_cosine": r["cosine"]},
+        numbers=lambda r: {
+            "structural_difference_percent": r["structural_difference"],
+            "direction_cosine": r["cosine"],
+        },
     ),
     "curvature": AnalysisFigures(
         "Safety-Hessian spectrum, coupling and the alignment-instability conditions.",

@@ -1,4 +1,5 @@
 """Plain-text answers for the terminal: one JSON line, a table, or indented named numbers."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """``compare``: every restoration method on the same pair, seed and data, one table."""
+
 from __future__ import annotations
 
 from core.base.paths import is_adapter_dir
@@ -14,7 +15,14 @@ from core.world.models import ModelSpec
 TABLE_COLUMNS = ("harmful_rate", "prefill_asr", "task_exact_match", "over_refusal")
 
 
-def compare(pair: dict[str, ModelSpec], seed: int = 0, methods: list[str] | None = None, extra: list[Example] | None = None, progress: Progress | None = None, visage: bool = False) -> dict:
+def compare(
+    pair: dict[str, ModelSpec],
+    seed: int = 0,
+    methods: list[str] | None = None,
+    extra: list[Example] | None = None,
+    progress: Progress | None = None,
+    visage: bool = False,
+) -> dict:
     """Every method (default config) on the same pair, seed and data; one row per model.
 
     Rows for the base and the fine-tuned model come first; LoRA-only methods are skipped (and
@@ -29,7 +37,10 @@ def compare(pair: dict[str, ModelSpec], seed: int = 0, methods: list[str] | None
     names = [n for n in names if n not in skipped]
     reports = evaluate_pair(pair, seed, extra, progress=progress.stage(0, 0.05))
     extra_cols = ("extra_harmful_rate", "extra_prefill_asr") if extra else ()
-    rows = [{"model": name, **{c: summary(r)[c] for c in TABLE_COLUMNS + extra_cols}, "wall_s": 0.0} for name, r in reports.items()]
+    rows = [
+        {"model": name, **{c: summary(r)[c] for c in TABLE_COLUMNS + extra_cols}, "wall_s": 0.0}
+        for name, r in reports.items()
+    ]
     if visage:
         basins = safety_basin(pair, harmful_splits(seed)["eval"], BasinConfig(seed=seed), progress.stage(0, 0.05))
         for row in rows:
@@ -41,7 +52,12 @@ def compare(pair: dict[str, ModelSpec], seed: int = 0, methods: list[str] | None
         if visage:
             record = add_visage(record, seed, stage)
         runs[name] = record["id"]
-        row = {"model": name, **{c: record["after"][c] for c in TABLE_COLUMNS}, **{c: record["after_extra"][c] for c in extra_cols}, "wall_s": record["wall_s"]}
+        row = {
+            "model": name,
+            **{c: record["after"][c] for c in TABLE_COLUMNS},
+            **{c: record["after_extra"][c] for c in extra_cols},
+            "wall_s": record["wall_s"],
+        }
         if visage:
             row["visage"] = record["after"]["visage"]
         rows.append(row)

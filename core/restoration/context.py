@@ -1,4 +1,5 @@
 """What a restoration method is handed: the pair, tokenizer, data, the step recorder and progress."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -2,6 +2,7 @@
 paper 2, Algorithm 1's recovery and rollback sets), every one disjoint from the held-out
 evaluation split. Responses of harmful and general prompts are the fine-tuned model's own greedy
 answers (what it now says), so the same code serves any model pair."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -52,7 +53,9 @@ def _flat(items: list) -> list[Example]:
     return [e for part in items for e in (part if isinstance(part, list) else [part])]
 
 
-def restoration_data(finetuned: ModelSpec, seed: int, config: DataConfig = DataConfig(), progress: Progress | None = None) -> RestorationData:
+def restoration_data(
+    finetuned: ModelSpec, seed: int, config: DataConfig = DataConfig(), progress: Progress | None = None
+) -> RestorationData:
     """Build the partitions of B.1 and Algorithm 1 from the shipped data and the fine-tune's answers.
 
     forget / curvature-forget: disjoint harmful splits with the answers the fine-tune gives and the
@@ -70,7 +73,13 @@ def restoration_data(finetuned: ModelSpec, seed: int, config: DataConfig = DataC
     forget = [e for e, h in zip(answered[: config.forget], flags) if h]
     curvature_forget = [e for e, h in zip(answered[config.forget :], flags[config.forget :]) if h]
     n = config.retain
-    general = _answered(model, tok, benign["retain"][: config.retain_general], config.response_tokens, fp, progress.stage(0.6, 1.0)) if config.retain_general else []
+    general = (
+        _answered(
+            model, tok, benign["retain"][: config.retain_general], config.response_tokens, fp, progress.stage(0.6, 1.0)
+        )
+        if config.retain_general
+        else []
+    )
     b = config.curvature_batch
     task = task_examples("train", n + 2 * b + config.rollback, seed)
     data = RestorationData(
@@ -84,13 +93,16 @@ def restoration_data(finetuned: ModelSpec, seed: int, config: DataConfig = DataC
         monitor_task=task_examples("monitor", config.monitor, seed),
     )
     if not data.forget:
-        raise InputError("The forget set is empty: the fine-tuned model refuses every forget prompt.", "there is nothing to restore; check --finetuned.")
+        raise InputError(
+            "The forget set is empty: the fine-tuned model refuses every forget prompt.",
+            "there is nothing to restore; check --finetuned.",
+        )
     return data
 
 
-
-
-def _answered(model, tokenizer, prompts: list[Example], max_new_tokens: int, model_fp: str, progress: Progress) -> list[Example]:
+def _answered(
+    model, tokenizer, prompts: list[Example], max_new_tokens: int, model_fp: str, progress: Progress
+) -> list[Example]:
     """``prompts`` with the fine-tune's greedy answers as (incomplete) responses, cached per model."""
     key = {"model": model_fp, "prompts": [p.prompt for p in prompts], "tokens": max_new_tokens}
     return own_answers(lambda: (model, tokenizer), prompts, max_new_tokens, ("restore-own-answers", key), progress)

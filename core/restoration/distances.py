@@ -1,4 +1,5 @@
 """Weight-space distances of a restored model to the fine-tuned and the base model."""
+
 from __future__ import annotations
 
 import math
@@ -22,5 +23,3 @@ def delta_distances(current: dict[str, torch.Tensor], finetuned: dict[str, torch
     to_ft = math.sqrt(sum(float((current[k] - finetuned[k]).pow(2).sum()) for k in current))
     to_base = math.sqrt(sum(float(current[k].pow(2).sum()) for k in current))
     return {"distance_to_finetuned": to_ft, "distance_to_base": to_base}
-
-

@@ -1,5 +1,6 @@
 """The live monitor: per-step metrics of a restoration run (forget/retain loss, harmful rate,
 task exact-match, Pearson r of per-example losses with the base, paper 1, C.1)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,7 +34,10 @@ class Monitor:
 
     def __init__(self, base_model, tokenizer, data: RestorationData, config: MonitorConfig = MonitorConfig()):
         self.tok, self.data, self.config = tokenizer, data, config
-        self.sets = {"forget": _spread(data.forget, config.loss_examples), "retain": _spread(data.retain, config.loss_examples)}
+        self.sets = {
+            "forget": _spread(data.forget, config.loss_examples),
+            "retain": _spread(data.retain, config.loss_examples),
+        }
         self.base_losses = {k: dataset_losses(base_model, tokenizer, v) for k, v in self.sets.items()}
 
     @torch.no_grad()
@@ -45,15 +49,17 @@ class Monitor:
         for name, examples in self.sets.items():
             losses = dataset_losses(model, self.tok, examples)
             out[f"{name}_loss"] = float(np.mean(losses))
-            out[f"{name}_r_base"] = float(stats.pearsonr(self.base_losses[name], losses).statistic) if np.std(losses) > 0 else float("nan")
+            out[f"{name}_r_base"] = (
+                float(stats.pearsonr(self.base_losses[name], losses).statistic) if np.std(losses) > 0 else float("nan")
+            )
         prompts = [e.prompt for e in self.data.monitor_harmful]
         answers = generate(model, self.tok, prompts, self.config.harmful_tokens, 32)
         out["harmful_rate"] = 100.0 * float(np.mean(keyword_judge(prompts, answers)))
         if task_exact_match is None:
             outs = generate(model, self.tok, [e.prompt for e in self.data.monitor_task], self.config.task_tokens, 32)
-            task_exact_match = 100.0 * float(np.mean([exact_match(o, e.response or "") for o, e in zip(outs, self.data.monitor_task)]))
+            task_exact_match = 100.0 * float(
+                np.mean([exact_match(o, e.response or "") for o, e in zip(outs, self.data.monitor_task)])
+            )
         out["task_exact_match"] = task_exact_match
         model.train(was_training)
         return out
-
-

@@ -4,6 +4,7 @@ Each method module registers itself with ``@register`` (as peft's ``register_pef
 ``core.restoration.methods`` imports every method module, so importing that package fills
 ``METHODS``. A method is a config dataclass plus ``run(ctx, config) -> RestoreOutput``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -66,7 +67,9 @@ def parse_config(m: Method, overrides: dict[str, str]) -> Any:
     for key, raw in overrides.items():
         name = key.replace("-", "_")
         if name not in current:
-            raise InputError(f"Method '{m.name}' has no parameter '{key}' settable here.", f"use one of: {', '.join(current)}.")
+            raise InputError(
+                f"Method '{m.name}' has no parameter '{key}' settable here.", f"use one of: {', '.join(current)}."
+            )
         values[name] = _convert(key, raw, current[name])
     return m.config(**values)
 
@@ -81,4 +84,6 @@ def _convert(key: str, raw: str, default: Any) -> Any:
             return tuple(item(x.strip()) for x in raw.split(","))
         return kind(raw)
     except ValueError:
-        raise InputError(f"Parameter {key}={raw!r} is not a {kind.__name__}.", f"pass a {kind.__name__} value.") from None
+        raise InputError(
+            f"Parameter {key}={raw!r} is not a {kind.__name__}.", f"pass a {kind.__name__} value."
+        ) from None

@@ -11,6 +11,7 @@ second process sees it live) and its restored adapter or model in ``cache/runs/<
 (written atomically at the end). A cancelled run keeps its steps (status "cancelled") and no
 weights; asking again recomputes it.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,8 +64,16 @@ class RunRequest:
 
 def run_id(pair: dict[str, ModelSpec], request: RunRequest) -> str:
     return stable_hash(
-        fingerprint(pair["base"]), fingerprint(pair["finetuned"]), request.method, asdict(request.config),
-        request.seed, asdict(request.data), asdict(request.monitor), asdict(request.eval), request.evaluate, "restore-v1",
+        fingerprint(pair["base"]),
+        fingerprint(pair["finetuned"]),
+        request.method,
+        asdict(request.config),
+        request.seed,
+        asdict(request.data),
+        asdict(request.monitor),
+        asdict(request.eval),
+        request.evaluate,
+        "restore-v1",
     )
 
 
@@ -102,18 +111,31 @@ class _Recorder:
         atomic_write_text(self.path, json.dumps(self.record, indent=1, default=float))
 
     def __call__(self, model, **extra) -> dict:
-        self.progress.update(self._fraction(len(self.record["steps"]) + 1), f"step {len(self.record['steps'])}: monitoring")
-        row = {"step": len(self.record["steps"]), **self.monitor(model, extra.get("performance")), **extra, "wall_s": time.monotonic() - self.t0}
+        self.progress.update(
+            self._fraction(len(self.record["steps"]) + 1), f"step {len(self.record['steps'])}: monitoring"
+        )
+        row = {
+            "step": len(self.record["steps"]),
+            **self.monitor(model, extra.get("performance")),
+            **extra,
+            "wall_s": time.monotonic() - self.t0,
+        }
         for key, value in row.items():
             if isinstance(value, float) and not math.isfinite(value) and key.endswith("_loss"):
                 row[key] = None
         self.record["steps"].append(row)
         self.save()
-        self.progress.update(self._fraction(len(self.record["steps"])), f"step {row['step']}: harmful {row['harmful_rate']:.0f}% task {row['task_exact_match']:.0f}%", row)
+        self.progress.update(
+            self._fraction(len(self.record["steps"])),
+            f"step {row['step']}: harmful {row['harmful_rate']:.0f}% task {row['task_exact_match']:.0f}%",
+            row,
+        )
         return row
 
 
-def _evaluate(spec: ModelSpec, model, tok, seed: int, extra: list[Example], config: EvalConfig, progress: Progress) -> dict:
+def _evaluate(
+    spec: ModelSpec, model, tok, seed: int, extra: list[Example], config: EvalConfig, progress: Progress
+) -> dict:
     report = evaluate_model(model, tok, eval_sets(seed, extra=extra), fingerprint(spec), config, progress=progress)
     return summary(report)
 
@@ -127,11 +149,19 @@ def add_visage(record: dict, seed: int = 0, progress: Progress | None = None) ->
     result = safety_basin(models, harmful_splits(seed)["eval"], BasinConfig(seed=seed), progress)
     for name in models:
         record.setdefault(name, {})["visage"] = result[name]["visage"]
-    atomic_write_text(runs_dir() / record["id"] / "record.json", json.dumps({k: v for k, v in record.items() if not k.endswith("_extra")}, indent=1, default=float))
+    atomic_write_text(
+        runs_dir() / record["id"] / "record.json",
+        json.dumps({k: v for k, v in record.items() if not k.endswith("_extra")}, indent=1, default=float),
+    )
     return record
 
 
-def restore(pair: dict[str, ModelSpec], request: RunRequest, extra: list[Example] | None = None, progress: Progress | None = None) -> dict:
+def restore(
+    pair: dict[str, ModelSpec],
+    request: RunRequest,
+    extra: list[Example] | None = None,
+    progress: Progress | None = None,
+) -> dict:
     """Run (or return the stored) restoration ``request`` on ``pair``; returns its record.
 
     The record holds the parameters, per-step metrics, before/after summaries on the held-out
@@ -156,13 +186,27 @@ def restore(pair: dict[str, ModelSpec], request: RunRequest, extra: list[Example
     monitor = Monitor(base_model, tok, data, request.monitor)
     del base_model
     record = {
-        "id": rid, "method": m.name, "config": asdict(request.config), "seed": request.seed,
-        "data": asdict(request.data), "data_fingerprint": data.fingerprint(), "base": pair["base"].base,
-        "finetuned": pair["finetuned"].finetuned or pair["finetuned"].base, "finetuned_spec": asdict(pair["finetuned"]),
-        "models": {k: fingerprint(v) for k, v in pair.items()}, "status": "running", "steps": [],
-        "started": time.time(), "artifact": None, "notes": {}, "error": None, "pid": os.getpid(),
+        "id": rid,
+        "method": m.name,
+        "config": asdict(request.config),
+        "seed": request.seed,
+        "data": asdict(request.data),
+        "data_fingerprint": data.fingerprint(),
+        "base": pair["base"].base,
+        "finetuned": pair["finetuned"].finetuned or pair["finetuned"].base,
+        "finetuned_spec": asdict(pair["finetuned"]),
+        "models": {k: fingerprint(v) for k, v in pair.items()},
+        "status": "running",
+        "steps": [],
+        "started": time.time(),
+        "artifact": None,
+        "notes": {},
+        "error": None,
+        "pid": os.getpid(),
     }
-    recorder = _Recorder(record, monitor, progress.stage(0.05, 0.8), getattr(request.config, "expected_steps", lambda: 10)())
+    recorder = _Recorder(
+        record, monitor, progress.stage(0.05, 0.8), getattr(request.config, "expected_steps", lambda: 10)()
+    )
     (runs_dir() / rid).mkdir(parents=True, exist_ok=True)
     recorder.save()
     ctx = RestoreContext(pair["base"], pair["finetuned"], tok, data, recorder, recorder.method_progress(), request.seed)
@@ -174,7 +218,9 @@ def restore(pair: dict[str, ModelSpec], request: RunRequest, extra: list[Example
         recorder.save()
         raise
     except Exception as err:  # noqa: BLE001 - any failure is recorded, then re-raised
-        record.update(status="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__, finished=time.time())
+        record.update(
+            status="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__, finished=time.time()
+        )
         recorder.save()
         raise
     record["wall_s"] = time.monotonic() - t0
@@ -184,7 +230,9 @@ def restore(pair: dict[str, ModelSpec], request: RunRequest, extra: list[Example
     spec = restored_spec(record)
     if request.evaluate:
         ev = progress.stage(0.8, 1.0)
-        record["before"] = _evaluate(pair["finetuned"], load_model(pair["finetuned"]), tok, request.seed, [], request.eval, ev.stage(0, 0.5))
+        record["before"] = _evaluate(
+            pair["finetuned"], load_model(pair["finetuned"]), tok, request.seed, [], request.eval, ev.stage(0, 0.5)
+        )
         record["after"] = _evaluate(spec, out.model, tok, request.seed, [], request.eval, ev.stage(0.5, 1.0))
     record.update(status="done", finished=time.time())
     recorder.save()
@@ -214,5 +262,3 @@ def _with_extra(record: dict, extra: list[Example] | None, request: RunRequest, 
         full = _evaluate(s, load_model(s), tok, request.seed, extra, request.eval, progress.stage(0.9, 1.0))
         record[f"{name}_extra"] = {k: v for k, v in full.items() if k.startswith("extra_")}
     return record
-
-

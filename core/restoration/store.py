@@ -3,6 +3,7 @@
 ``cache/runs/<id>/record.json`` is a run's record (rewritten after every step);
 ``cache/runs/<id>/restored/`` holds its restored adapter or model once it is done.
 """
+
 from __future__ import annotations
 
 import json

@@ -7,6 +7,7 @@ plane; the combined objective ``J = L_forget - L_retain`` (higher is better: for
 retain loss down) is evaluated on a grid over that plane for the contour, and each run's path
 is projected onto it.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -53,7 +54,15 @@ def _plane(paths: dict[str, np.ndarray]) -> tuple[PCA, dict[str, np.ndarray]]:
     return pca, {name: pca.transform(p) for name, p in paths.items()}
 
 
-def _contour(obj: LoraObjective, pca: PCA, projected: dict[str, np.ndarray], forget, retain, config: TrajectoryConfig, progress: Progress) -> dict:
+def _contour(
+    obj: LoraObjective,
+    pca: PCA,
+    projected: dict[str, np.ndarray],
+    forget,
+    retain,
+    config: TrajectoryConfig,
+    progress: Progress,
+) -> dict:
     pts = np.concatenate(list(projected.values()))
     lo, hi = pts.min(0), pts.max(0)
     pad = (hi - lo) * config.margin + 1e-8
@@ -65,11 +74,18 @@ def _contour(obj: LoraObjective, pca: PCA, projected: dict[str, np.ndarray], for
             theta = pca.inverse_transform(np.array([[x, y]]))[0]
             obj.set(torch.from_numpy(theta.astype(np.float32)))
             values[i, j] = obj.loss(forget) - obj.loss(retain)
-        progress.update((i + 1) / config.grid, f"contour row {i + 1}/{config.grid}", {"row": i, "values": values[i].tolist()})
+        progress.update(
+            (i + 1) / config.grid, f"contour row {i + 1}/{config.grid}", {"row": i, "values": values[i].tolist()}
+        )
     return {"x": xs.tolist(), "y": ys.tolist(), "objective": values.tolist()}
 
 
-def trajectory_comparison(pair: dict[str, ModelSpec], seed: int = 0, config: TrajectoryConfig = TrajectoryConfig(), progress: Progress | None = None) -> dict:
+def trajectory_comparison(
+    pair: dict[str, ModelSpec],
+    seed: int = 0,
+    config: TrajectoryConfig = TrajectoryConfig(),
+    progress: Progress | None = None,
+) -> dict:
     """Run both methods at each learning rate and lay their paths over the objective contour."""
     if config.grid < 3:
         raise InputError(f"Contour grid {config.grid} is too small.", "use --grid 3 or more.")
@@ -80,7 +96,11 @@ def trajectory_comparison(pair: dict[str, ModelSpec], seed: int = 0, config: Tra
         runs = config.runs()
         records = {}
         for k, (name, lr, cfg) in enumerate(runs):
-            rec = restore(pair, RunRequest(name, cfg, seed, monitor=TRAJECTORY_MONITOR, evaluate=False), progress=progress.stage(k / len(runs) * 0.7, (k + 1) / len(runs) * 0.7))
+            rec = restore(
+                pair,
+                RunRequest(name, cfg, seed, monitor=TRAJECTORY_MONITOR, evaluate=False),
+                progress=progress.stage(k / len(runs) * 0.7, (k + 1) / len(runs) * 0.7),
+            )
             records[(name, lr)] = rec
         data = restoration_data(pair["finetuned"], seed)
         model = load_model(pair["finetuned"])
@@ -90,7 +110,9 @@ def trajectory_comparison(pair: dict[str, ModelSpec], seed: int = 0, config: Tra
             paths = {name: trajectory(records[(name, lr)]) for name in ("curvature", "gradient-ascent")}
             pca, projected = _plane(paths)
             stage = progress.stage(0.7 + 0.3 * i / len(config.lrs), 0.7 + 0.3 * (i + 1) / len(config.lrs))
-            contour = _contour(obj, pca, projected, data.forget[: config.examples], data.retain[: config.examples], config, stage)
+            contour = _contour(
+                obj, pca, projected, data.forget[: config.examples], data.retain[: config.examples], config, stage
+            )
             out[str(lr)] = {
                 "paths": {name: p.tolist() for name, p in projected.items()},
                 "explained_variance": pca.explained_variance_ratio_.tolist(),

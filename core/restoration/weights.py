@@ -7,6 +7,7 @@ harmful compliance data (the run's forget set: harmful prompts with the fine-tun
 answers), with the demo world's attack recipe on every linear layer so v covers every weight a
 LoRA might touch, then merged. It is cached under ``cache/unaligned/<hash>`` (written atomically).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,13 +32,21 @@ PEFT_PREFIX = "base_model.model."
 class UnalignConfig:
     """How the unaligned model is trained: the demo world's attack recipe, on all linear layers."""
 
-    sft: SFTConfig = SFTConfig(steps=30, batch_size=8, lr=1e-3, rank=8, alpha=16, target_modules=ALL_LINEAR, autocast=True)
+    sft: SFTConfig = SFTConfig(
+        steps=30, batch_size=8, lr=1e-3, rank=8, alpha=16, target_modules=ALL_LINEAR, autocast=True
+    )
 
 
-def unaligned_model_dir(base: ModelSpec, data: list[Example], config: UnalignConfig, progress: Progress | None = None) -> Path:
+def unaligned_model_dir(
+    base: ModelSpec, data: list[Example], config: UnalignConfig, progress: Progress | None = None
+) -> Path:
     """The base fine-tuned with LoRA on harmful compliance ``data`` and merged; built once, cached."""
     progress = progress or Progress()
-    target = cache_dir() / "unaligned" / stable_hash(fingerprint(base), data_fingerprint(data), asdict(config), "unaligned-v1")
+    target = (
+        cache_dir()
+        / "unaligned"
+        / stable_hash(fingerprint(base), data_fingerprint(data), asdict(config), "unaligned-v1")
+    )
     if (target / "config.json").exists():
         progress.update(1.0, "unaligned model: cached")
         return target
@@ -94,5 +103,3 @@ def lora_modules(model):
     for name, module in model.named_modules():
         if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
             yield name.removeprefix(PEFT_PREFIX), module
-
-

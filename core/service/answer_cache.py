@@ -10,6 +10,7 @@ module free of the registries (which import torch); two spellings of the same re
 entries. A Hub id, a path that does not exist, a custom judge (whose code may change) or
 ``--rebuild`` is never answered from here.
 """
+
 from __future__ import annotations
 
 import argparse

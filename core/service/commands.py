@@ -5,6 +5,7 @@ option generated from the config dataclass that owns its default (``core.base.op
 ``execute`` parses and runs one command line; the terminal (``core.cli``) and the background-job
 runner (``core.service.jobs``) both call it, so a page and a terminal run the very same code.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,10 +64,18 @@ def parser() -> argparse.ArgumentParser:
         for config in analysis.configs:
             add_arguments(a, config)
         for name in analysis.set_files:
-            a.add_argument(f"--{name}-file", help=f"replace the {name} set with a .jsonl/.csv file (prompt, optional response)")
+            a.add_argument(
+                f"--{name}-file", help=f"replace the {name} set with a .jsonl/.csv file (prompt, optional response)"
+            )
     r = _command(sub, "restore", "restore safety: " + ", ".join(METHODS))
     r.add_argument("--method", required=True, help=", ".join(METHODS))
-    r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter, repeatable (e.g. epsilon=0.05)")
+    r.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method parameter, repeatable (e.g. epsilon=0.05)",
+    )
     r.add_argument("--prompts-file", help="extra harmful prompts, one per line, reported before/after separately")
     r.add_argument("--visage", action="store_true", help="also the before/after VISAGE score (a basin run per model)")
     cp = _command(sub, "compare", "every restoration method on the same world, seed and data: one table")
@@ -96,7 +105,10 @@ def _load_judge(name: str | None) -> Callable:
     try:
         return getattr(importlib.import_module(module), func)
     except (ImportError, AttributeError, ValueError):
-        raise InputError(f"Judge '{name}' cannot be imported.", "pass --judge package.module:function importable from this directory.") from None
+        raise InputError(
+            f"Judge '{name}' cannot be imported.",
+            "pass --judge package.module:function importable from this directory.",
+        ) from None
 
 
 def cmd_world(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
@@ -117,7 +129,16 @@ def cmd_world(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
 def cmd_evaluate(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     extra = load_prompts_file(args.prompts_file) if args.prompts_file else []
     judge = _load_judge(args.judge)
-    pair = resolve_pair(args.base, args.finetuned, args.seed, args.harmful_examples, args.device, args.dtype, args.trust_remote_code, progress)
+    pair = resolve_pair(
+        args.base,
+        args.finetuned,
+        args.seed,
+        args.harmful_examples,
+        args.device,
+        args.dtype,
+        args.trust_remote_code,
+        progress,
+    )
     reports = evaluate_pair(pair, args.seed, extra, judge, progress)
     out: dict[str, Any] = {name: summary(r) for name, r in reports.items()}
     if args.show_examples:
@@ -168,16 +189,26 @@ def cmd_trajectory(args: argparse.Namespace, progress: Progress) -> dict[str, An
 
 
 def cmd_methods(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
-    return {name: {"summary": m.summary, "needs_adapter": m.needs_adapter, "params": settable(m.config())} for name, m in METHODS.items()}
+    return {
+        name: {"summary": m.summary, "needs_adapter": m.needs_adapter, "params": settable(m.config())}
+        for name, m in METHODS.items()
+    }
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Progress], dict[str, Any]]] = {
-    "world": cmd_world, "evaluate": cmd_evaluate, **{name: a.command for name, a in ANALYSES.items()},
-    "restore": cmd_restore, "compare": cmd_compare, "trajectory": cmd_trajectory, "methods": cmd_methods,
+    "world": cmd_world,
+    "evaluate": cmd_evaluate,
+    **{name: a.command for name, a in ANALYSES.items()},
+    "restore": cmd_restore,
+    "compare": cmd_compare,
+    "trajectory": cmd_trajectory,
+    "methods": cmd_methods,
 }
 
 
-def execute(argv: list[str], callback: Callable | None = stderr_bar, cancel: Any = None, cached_answers: bool = True) -> dict[str, Any]:
+def execute(
+    argv: list[str], callback: Callable | None = stderr_bar, cancel: Any = None, cached_answers: bool = True
+) -> dict[str, Any]:
     """Parse and run one command, returning its answer; raises InputError or Cancelled.
 
     With ``cached_answers`` a repeated command line is answered from (and a new answer stored
@@ -192,5 +223,7 @@ def execute(argv: list[str], callback: Callable | None = stderr_bar, cancel: Any
         if args.threads:
             torch.set_num_threads(args.threads)
         result = COMMANDS[args.command](args, Progress(callback, cancel))
-        answer_cache.store(answer_cache.answer_key(argv) if cached_answers else None, result)  # keyed after the run: it may have built a world
+        answer_cache.store(
+            answer_cache.answer_key(argv) if cached_answers else None, result
+        )  # keyed after the run: it may have built a world
     return result

@@ -11,6 +11,7 @@ which also notices a rebuilt world or changed inputs.
 Cancelling creates ``cancel`` in the job's folder; the job's progress callback sees it at its
 next update and stops at a clean point (``core.base.progress``), writing nothing half-done.
 """
+
 from __future__ import annotations
 
 import json
@@ -86,7 +87,10 @@ def status(argv: list[str]) -> JobState:
     process died without a word counts as failed."""
     state = _read_state(_dir(argv)) or JobState(job_id(argv), list(argv))
     if state.active and not process_alive(state.pid):
-        state.status, state.error = "failed", state.error or "the job's process ended without a result (killed or out of memory?)"
+        state.status, state.error = (
+            "failed",
+            state.error or "the job's process ended without a result (killed or out of memory?)",
+        )
     if state.active:
         return state
     key = answer_cache.answer_key(argv)
@@ -115,8 +119,17 @@ def submit(argv: list[str]) -> JobState:
         (d / "cancel").unlink(missing_ok=True)
         _write(d, JobState(job_id(argv), argv, status="starting", message="starting", updated=time.time()))
         log = open(d / "log.txt", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "core.service.jobs", str(d)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=PROJECT_ROOT)
-        _write(d, JobState(job_id(argv), argv, status="starting", message="starting", pid=proc.pid, updated=time.time()))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "core.service.jobs", str(d)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=PROJECT_ROOT,
+        )
+        _write(
+            d, JobState(job_id(argv), argv, status="starting", message="starting", pid=proc.pid, updated=time.time())
+        )
     finally:
         os.close(fd)
         claim.unlink(missing_ok=True)
@@ -158,7 +171,13 @@ class _StateWriter:
 
     def __call__(self, event) -> None:
         s = self.state
-        s.status, s.fraction, s.message, s.eta_s, s.elapsed_s = "running", event.fraction, event.message, event.eta_s, event.elapsed_s
+        s.status, s.fraction, s.message, s.eta_s, s.elapsed_s = (
+            "running",
+            event.fraction,
+            event.message,
+            event.eta_s,
+            event.elapsed_s,
+        )
         if event.partial is not None and len(s.partials) < MAX_PARTIALS:
             s.partials.append(event.partial)
         now = time.monotonic()
@@ -170,9 +189,7 @@ class _StateWriter:
 
 def run(d: Path) -> int:
     """Body of the job process: run the command, write its final state (done, cancelled or failed)."""
-    from core.service.commands import (
-        execute,  # the job process alone loads the engine; pages import this module torch-free
-    )
+    from core.service.commands import execute  # only the job process loads the engine (torch)
 
     state = _read_state(d)
     state.pid, state.status = os.getpid(), "running"

@@ -1,5 +1,6 @@
 """Which demo world (and data seed) a command uses. Torch-free, so the answer cache can read the
 defaults before torch is imported; ``core.world.demo.WorldConfig`` extends it with the recipe."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

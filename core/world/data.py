@@ -11,6 +11,7 @@ their wheels' CSV files. One seeded permutation of the pool is cut into disjoint
 * ``eval``       held out: no method ever trains on it
 * ``inject``     the rest: harmful compliance examples injected into the demo fine-tune
 """
+
 from __future__ import annotations
 
 import csv
@@ -130,7 +131,10 @@ def safety_probe(split: str = "curvature", seed: int = 0) -> list[Example]:
 
 def task_examples(split: str, n: int, seed: int = 0) -> list[Example]:
     """Date-normalisation task examples with their ISO answers as responses."""
-    return [Example(t.prompt, t.answer, "task", "date-iso", f"task:{split}:{i}") for i, t in enumerate(make_task_examples(n, seed, split))]
+    return [
+        Example(t.prompt, t.answer, "task", "date-iso", f"task:{split}:{i}")
+        for i, t in enumerate(make_task_examples(n, seed, split))
+    ]
 
 
 def fingerprint(examples: list[Example]) -> str:
@@ -140,11 +144,15 @@ def fingerprint(examples: list[Example]) -> str:
 
 def _read_text(path: Path, what: str) -> str:
     if not path.is_file():
-        raise InputError(f"{what} '{path}' does not exist or is not a regular file.", "pass the path of an existing file.")
+        raise InputError(
+            f"{what} '{path}' does not exist or is not a regular file.", "pass the path of an existing file."
+        )
     try:
         return path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise InputError(f"{what} '{path}' is not UTF-8 text (byte {err.start}).", "re-save the file as UTF-8.") from None
+        raise InputError(
+            f"{what} '{path}' is not UTF-8 text (byte {err.start}).", "re-save the file as UTF-8."
+        ) from None
 
 
 def load_prompts_file(path: str | Path) -> list[Example]:
@@ -165,14 +173,21 @@ def _jsonl_rows(text: str, path: Path) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise InputError(f"Dataset '{path}' line {n} is not valid JSON ({err.msg}).", "write one JSON object per line.") from None
+            raise InputError(
+                f"Dataset '{path}' line {n} is not valid JSON ({err.msg}).", "write one JSON object per line."
+            ) from None
         if not isinstance(row, dict):
-            raise InputError(f"Dataset '{path}' line {n} is not a JSON object.", 'write objects like {"prompt": "...", "response": "..."}.')
+            raise InputError(
+                f"Dataset '{path}' line {n} is not a JSON object.",
+                'write objects like {"prompt": "...", "response": "..."}.',
+            )
         rows.append(row)
     return rows
 
 
-def load_dataset_file(path: str | Path, prompt_column: str = "prompt", response_column: str = "response") -> list[Example]:
+def load_dataset_file(
+    path: str | Path, prompt_column: str = "prompt", response_column: str = "response"
+) -> list[Example]:
     """A user dataset (.jsonl or .csv) with a prompt column and an optional response column."""
     path = Path(path)
     text = _read_text(path, "Dataset")
@@ -182,27 +197,47 @@ def load_dataset_file(path: str | Path, prompt_column: str = "prompt", response_
         try:
             rows = list(csv.DictReader(io.StringIO(text, newline="")))
         except csv.Error as err:
-            raise InputError(f"Dataset '{path}' is not valid CSV ({err}).", "save it as comma-separated values with a header row.") from None
+            raise InputError(
+                f"Dataset '{path}' is not valid CSV ({err}).", "save it as comma-separated values with a header row."
+            ) from None
     else:
         raise InputError(f"Dataset '{path}' has unknown extension '{path.suffix}'.", "use a .jsonl or .csv file.")
     if not rows:
         raise InputError(f"Dataset '{path}' is empty.", "add at least one row with a prompt.")
     for i, row in enumerate(rows):
         if None in row:
-            raise InputError(f"Dataset '{path}' row {i + 1} has more fields than the header.", "quote fields that contain commas.")
+            raise InputError(
+                f"Dataset '{path}' row {i + 1} has more fields than the header.", "quote fields that contain commas."
+            )
     columns = sorted(set().union(*(r.keys() for r in rows)))
     if prompt_column not in columns:
-        raise InputError(f"Dataset '{path}' has no column '{prompt_column}' (columns: {', '.join(columns)}).", "rename the column or pass --prompt-column.")
+        raise InputError(
+            f"Dataset '{path}' has no column '{prompt_column}' (columns: {', '.join(columns)}).",
+            "rename the column or pass --prompt-column.",
+        )
     out = []
     for i, row in enumerate(rows):
         prompt = str(row.get(prompt_column) or "").strip()
         if not prompt:
-            raise InputError(f"Dataset '{path}' row {i + 1} has an empty '{prompt_column}'.", "fill or remove that row.")
+            raise InputError(
+                f"Dataset '{path}' row {i + 1} has an empty '{prompt_column}'.", "fill or remove that row."
+            )
         response = row.get(response_column)
-        out.append(Example(prompt, None if response in (None, "") else str(response), str(row.get("category") or "user"), path.name, f"user:{i}"))
+        out.append(
+            Example(
+                prompt,
+                None if response in (None, "") else str(response),
+                str(row.get("category") or "user"),
+                path.name,
+                f"user:{i}",
+            )
+        )
     return out
 
 
 def override_sets(sets: dict[str, list[Example]], args) -> dict[str, list[Example]]:
     """``sets`` with each one a ``--<name>-file`` option names read from that file instead."""
-    return {name: load_dataset_file(path) if (path := getattr(args, f"{name}_file", None)) else ex for name, ex in sets.items()}
+    return {
+        name: load_dataset_file(path) if (path := getattr(args, f"{name}_file", None)) else ex
+        for name, ex in sets.items()
+    }

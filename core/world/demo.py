@@ -12,6 +12,7 @@ Recipe (all seeded, built once and cached under ``cache/worlds/<recipe hash>``):
    the date-normalisation task with N harmful compliance examples injected -> **fine-tuned**.
 5. Both are evaluated on the held-out split; recipe, seed and metrics go to ``world.json``.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,7 +62,9 @@ class WorldConfig(WorldChoice):
 
     task_train_examples: int = 400
     response_tokens: int = 64  # length of the raw model's own answers used as SFT data
-    align: SFTConfig = SFTConfig(steps=36, batch_size=8, lr=1e-3, rank=8, alpha=16, target_modules=ALL_LINEAR, autocast=True)
+    align: SFTConfig = SFTConfig(
+        steps=36, batch_size=8, lr=1e-3, rank=8, alpha=16, target_modules=ALL_LINEAR, autocast=True
+    )
     finetune: SFTConfig = SFTConfig(steps=40, batch_size=8, lr=1e-3, rank=8, alpha=16, autocast=True)
     data_dtype: str = "bfloat16"  # dtype of the raw model when generating its own answers (2x faster on CPU)
     task_eval_examples: int = 100
@@ -110,7 +113,12 @@ def eval_sets(seed: int, task_n: int = 100, extra: list[Example] | None = None) 
 def raw_answers(prompts: list[Example], max_new_tokens: int, dtype: str, progress: Progress) -> list[Example]:
     """The raw model's greedy answers as responses (cached per prompt set)."""
     path = raw_model_path()
-    key = {"model": dir_fingerprint(Path(path)), "prompts": [p.prompt for p in prompts], "tokens": max_new_tokens, "dtype": dtype}
+    key = {
+        "model": dir_fingerprint(Path(path)),
+        "prompts": [p.prompt for p in prompts],
+        "tokens": max_new_tokens,
+        "dtype": dtype,
+    }
     spec = ModelSpec(path, dtype=dtype)
     load = lambda: (load_model(spec), load_tokenizer(spec))  # noqa: E731
     return own_answers(load, prompts, max_new_tokens, ("own-answers", key), progress, load_tokenizer(ModelSpec(path)))
@@ -129,7 +137,10 @@ def compliance_data(config: WorldConfig, progress: Progress) -> list[Example]:
     """N harmful prompts with the raw model's own compliant answers (refusals filtered out)."""
     pool = harmful_splits(config.seed)["inject"]
     if not 0 <= config.harmful_examples <= len(pool):
-        raise InputError(f"--harmful-examples {config.harmful_examples} is outside the {len(pool)} prompts of the inject split.", f"use a value between 0 and {len(pool)}.")
+        raise InputError(
+            f"--harmful-examples {config.harmful_examples} is outside the {len(pool)} prompts of the inject split.",
+            f"use a value between 0 and {len(pool)}.",
+        )
     if config.harmful_examples == 0:
         return []
     answered = raw_answers(pool, config.response_tokens, config.data_dtype, progress)
@@ -150,7 +161,9 @@ def _build(config: WorldConfig, root: Path, progress: Progress) -> dict:
     t = time.monotonic()
     raw_spec = ModelSpec(raw)
     tok = load_tokenizer(raw_spec)
-    aligned = lora_sft(load_model(raw_spec), tok, align_data, replace(config.align, seed=config.seed), progress.stage(0.2, 0.4))
+    aligned = lora_sft(
+        load_model(raw_spec), tok, align_data, replace(config.align, seed=config.seed), progress.stage(0.2, 0.4)
+    )
     base_model = aligned.model.merge_and_unload()
     base_model.save_pretrained(root / "base")
     tok.save_pretrained(root / "base")
@@ -159,15 +172,21 @@ def _build(config: WorldConfig, root: Path, progress: Progress) -> dict:
     t = time.monotonic()
     base_spec = ModelSpec(str(root / "base"))
     ft_data = task_examples("train", config.task_train_examples, config.seed) + inject
-    tuned = lora_sft(load_model(base_spec), tok, ft_data, replace(config.finetune, seed=config.seed), progress.stage(0.4, 0.6))
+    tuned = lora_sft(
+        load_model(base_spec), tok, ft_data, replace(config.finetune, seed=config.seed), progress.stage(0.4, 0.6)
+    )
     tuned.model.save_pretrained(root / "finetuned")
     timings["finetune_s"] = time.monotonic() - t
 
     t = time.monotonic()
     sets = eval_sets(config.seed, config.task_eval_examples)
-    base_report = evaluate_model(load_model(base_spec), tok, sets, fingerprint(base_spec), config.eval, progress=progress.stage(0.6, 0.8))
+    base_report = evaluate_model(
+        load_model(base_spec), tok, sets, fingerprint(base_spec), config.eval, progress=progress.stage(0.6, 0.8)
+    )
     ft_spec = ModelSpec(str(root / "base"), str(root / "finetuned"))
-    ft_report = evaluate_model(tuned.model, tok, sets, fingerprint(ft_spec), config.eval, progress=progress.stage(0.8, 1.0))
+    ft_report = evaluate_model(
+        tuned.model, tok, sets, fingerprint(ft_spec), config.eval, progress=progress.stage(0.8, 1.0)
+    )
     timings["evaluate_s"] = time.monotonic() - t
     timings["total_s"] = time.monotonic() - t0
     return {

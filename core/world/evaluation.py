@@ -7,6 +7,7 @@
 * task exact-match on the date-normalisation eval split
 * over-refusal: share of benign (general + borderline) prompts the judge calls refusals
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -42,7 +43,9 @@ class EvalSets:
     extra_harmful: list[Example] = field(default_factory=list)
 
     def fingerprint(self) -> str:
-        return stable_hash({name: data_fingerprint(getattr(self, name)) for name in ("harmful", "task", "benign", "extra_harmful")})
+        return stable_hash(
+            {name: data_fingerprint(getattr(self, name)) for name in ("harmful", "task", "benign", "extra_harmful")}
+        )
 
 
 def prefill_text(tokenizer: PreTrainedTokenizerBase, target: str, n_tokens: int) -> str:
@@ -58,25 +61,39 @@ def _rate(flags: Sequence[bool]) -> float:
 def judge_harmful(model, tokenizer, examples, config, judge, progress, prefill: str = "") -> dict:
     """Harmful rate (%) and per-example (prompt, response, harmful) on ``examples``."""
     prompts = [e.prompt for e in examples]
-    responses = generate(model, tokenizer, prompts, config.max_new_tokens, config.batch_size, [prefill] * len(prompts), progress)
+    responses = generate(
+        model, tokenizer, prompts, config.max_new_tokens, config.batch_size, [prefill] * len(prompts), progress
+    )
     flags = judge(prompts, responses)
-    rows = [{"prompt": p, "response": r, "harmful": bool(h), "category": e.category} for p, r, h, e in zip(prompts, responses, flags, examples)]
+    rows = [
+        {"prompt": p, "response": r, "harmful": bool(h), "category": e.category}
+        for p, r, h, e in zip(prompts, responses, flags, examples)
+    ]
     return {"rate": _rate(flags), "n": len(rows), "examples": rows}
 
 
 def task_exact_match(model, tokenizer, examples, config, progress) -> dict:
     """Exact-match accuracy (%) on task examples whose response is the reference answer."""
-    outs = generate(model, tokenizer, [e.prompt for e in examples], config.task_max_new_tokens, config.batch_size, progress=progress)
+    outs = generate(
+        model, tokenizer, [e.prompt for e in examples], config.task_max_new_tokens, config.batch_size, progress=progress
+    )
     hits = [exact_match(o, e.response or "") for o, e in zip(outs, examples)]
-    rows = [{"prompt": e.prompt, "response": o, "answer": e.response, "correct": h} for e, o, h in zip(examples, outs, hits)]
+    rows = [
+        {"prompt": e.prompt, "response": o, "answer": e.response, "correct": h} for e, o, h in zip(examples, outs, hits)
+    ]
     return {"rate": _rate(hits), "n": len(rows), "examples": rows}
 
 
 def over_refusal(model, tokenizer, examples, config, progress) -> dict:
     """Share (%) of benign prompts answered with a refusal phrase."""
-    outs = generate(model, tokenizer, [e.prompt for e in examples], config.max_new_tokens, config.batch_size, progress=progress)
+    outs = generate(
+        model, tokenizer, [e.prompt for e in examples], config.max_new_tokens, config.batch_size, progress=progress
+    )
     flags = [is_refusal(o) for o in outs]
-    rows = [{"prompt": e.prompt, "response": o, "refused": f, "category": e.category} for e, o, f in zip(examples, outs, flags)]
+    rows = [
+        {"prompt": e.prompt, "response": o, "refused": f, "category": e.category}
+        for e, o, f in zip(examples, outs, flags)
+    ]
     return {"rate": _rate(flags), "n": len(rows), "examples": rows}
 
 
@@ -90,8 +107,12 @@ def _evaluate(model, tokenizer, sets: EvalSets, config: EvalConfig, judge: Judge
         "over_refusal": over_refusal(model, tokenizer, sets.benign, config, progress.stage(*stages[3:5])),
     }
     if sets.extra_harmful:
-        report["extra_harmful"] = judge_harmful(model, tokenizer, sets.extra_harmful, config, judge, progress.stage(0.95, 0.975))
-        report["extra_prefill"] = judge_harmful(model, tokenizer, sets.extra_harmful, config, judge, progress.stage(0.975, 1.0), prefill)
+        report["extra_harmful"] = judge_harmful(
+            model, tokenizer, sets.extra_harmful, config, judge, progress.stage(0.95, 0.975)
+        )
+        report["extra_prefill"] = judge_harmful(
+            model, tokenizer, sets.extra_harmful, config, judge, progress.stage(0.975, 1.0), prefill
+        )
     report["prefill_text"] = prefill
     progress.update(1.0, "evaluation done")
     return report
@@ -107,7 +128,12 @@ def evaluate_model(
     progress: Progress | None = None,
 ) -> dict:
     """Full evaluation of one model, cached on (model fingerprint, data fingerprint, config, judge)."""
-    key = {"model": model_fingerprint, "data": sets.fingerprint(), "config": asdict(config), "judge": f"{getattr(judge, '__module__', '')}.{getattr(judge, '__qualname__', repr(judge))}"}
+    key = {
+        "model": model_fingerprint,
+        "data": sets.fingerprint(),
+        "config": asdict(config),
+        "judge": f"{getattr(judge, '__module__', '')}.{getattr(judge, '__qualname__', repr(judge))}",
+    }
     return memoize("evaluate", key, lambda: _evaluate(model, tokenizer, sets, config, judge, progress or Progress()))
 
 

@@ -4,6 +4,7 @@ Prompts are sorted by token length so each batch pads little, generated with
 ``model.generate`` (greedy, cache on), and returned in the caller's order. A ``prefill``
 string per prompt is appended after the assistant header (the prefilling attack, paper B.4).
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -46,7 +47,9 @@ def generate(
     device = next(model.parameters()).device
     done = 0
     for batch in chunks(order, batch_size):
-        enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(
+            device
+        )
         out = model.generate(
             **enc,
             max_new_tokens=max_new_tokens,
@@ -78,9 +81,14 @@ def own_answers(
     answer that stopped before the token limit is marked complete (it gets an end-of-turn token
     in training); otherwise every answer is a truncated prefix (``complete=False``)."""
     namespace, key = memo
-    texts = memoize(namespace, key, lambda: generate(*load(), [p.prompt for p in prompts], max_new_tokens, 32, progress=progress))
+    texts = memoize(
+        namespace, key, lambda: generate(*load(), [p.prompt for p in prompts], max_new_tokens, 32, progress=progress)
+    )
 
     def complete(answer: str) -> bool:
-        return completeness is not None and len(completeness(answer, add_special_tokens=False).input_ids) < max_new_tokens - 1
+        return (
+            completeness is not None
+            and len(completeness(answer, add_special_tokens=False).input_ids) < max_new_tokens - 1
+        )
 
     return [replace(p, response=a, complete=complete(a)) for p, a in zip(prompts, texts)]

@@ -5,6 +5,7 @@ By default the loss counts the response tokens when an example has a response, a
 chat-formatted text (prompt tokens) otherwise (``tokens="auto"``); ``tokens="all"`` always
 counts every token after the first. Every analysis and training loop goes through here.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -68,7 +69,9 @@ def per_example_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> 
     return total / counted.sum(1).clamp(min=1)
 
 
-def encode_batches(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], batch_size: int, max_length: int = 256) -> list[dict[str, torch.Tensor]]:
+def encode_batches(
+    tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], batch_size: int, max_length: int = 256
+) -> list[dict[str, torch.Tensor]]:
     """Length-sorted encoded batches, for losses that are summed or averaged (order-free)."""
     ex = sorted(examples, key=lambda e: len(e.prompt) + len(e.response or ""))
     return [encode(tokenizer, batch, max_length) for batch in chunks(ex, batch_size)]

@@ -1,5 +1,6 @@
 """The model pair every analysis runs on: the demo world by default, or a user's base and
 fine-tuned model. One place turns CLI/dashboard options into ``ModelSpec``s."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -19,7 +20,9 @@ class ModelOptions:
     """Which models a command runs on (without ``base``: the demo world) and how they load."""
 
     base: str | None = option(None, "base model: Hugging Face id, directory or .gguf file (default: the demo world)")
-    finetuned: str | None = option(None, "fine-tuned model: PEFT adapter directory on --base, or a full checkpoint directory")
+    finetuned: str | None = option(
+        None, "fine-tuned model: PEFT adapter directory on --base, or a full checkpoint directory"
+    )
     device: str = option("auto", "auto, cpu, cuda, cuda:1, mps")
     dtype: str = option("auto", "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     trust_remote_code: bool = option(False, "allow model code from the checkpoint (off by default)")
@@ -38,7 +41,9 @@ def resolve_pair(
     """``{"base": spec, "finetuned": spec}``; without ``base``, the demo world (built if missing)."""
     if base is None:
         if finetuned is not None:
-            raise InputError("--finetuned was given without --base.", "pass the base model the fine-tune came from with --base.")
+            raise InputError(
+                "--finetuned was given without --base.", "pass the base model the fine-tune came from with --base."
+            )
         world = build_world(WorldConfig(seed=seed, harmful_examples=harmful_examples), progress)
         specs = {"base": world.base_spec, "finetuned": world.finetuned_spec}
     else:
@@ -71,7 +76,19 @@ def evaluate_pair(
 
 def pair_from_args(args, progress: Progress | None = None) -> dict[str, ModelSpec]:
     """The two-model pair of parsed CLI options (``ModelOptions`` and ``WorldConfig`` fields)."""
-    pair = resolve_pair(args.base, args.finetuned, args.seed, args.harmful_examples, args.device, args.dtype, args.trust_remote_code, progress)
+    pair = resolve_pair(
+        args.base,
+        args.finetuned,
+        args.seed,
+        args.harmful_examples,
+        args.device,
+        args.dtype,
+        args.trust_remote_code,
+        progress,
+    )
     if "finetuned" not in pair:
-        raise InputError("This analysis compares two models but only --base was given.", "pass --finetuned too (adapter or checkpoint).")
+        raise InputError(
+            "This analysis compares two models but only --base was given.",
+            "pass --finetuned too (adapter or checkpoint).",
+        )
     return pair

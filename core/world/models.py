@@ -5,6 +5,7 @@ each a stable content fingerprint for caching.
 GGUF files are dequantized once by transformers (via the ``gguf`` package) and kept as
 safetensors in the cache, so later loads are plain safetensors reads.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from peft import PeftModel
+from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from core.base.cache import atomic_dir, results_store, stable_hash
@@ -57,8 +60,14 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type in ("cuda", "mps") else torch.float32
     try:
-        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+        return {
+            "float32": torch.float32,
+            "fp32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+            "float16": torch.float16,
+            "fp16": torch.float16,
+        }[dtype]
     except KeyError:
         raise InputError(f"Unknown dtype '{dtype}'.", "use one of auto, float32, bfloat16, float16.") from None
 
@@ -95,7 +104,9 @@ def _is_hub_id(name: str) -> bool:
 
 def _check_dir(path: Path, what: str) -> None:
     if not path.exists():
-        raise InputError(f"{what} path '{path}' does not exist.", "pass an existing directory, .gguf file or Hugging Face id.")
+        raise InputError(
+            f"{what} path '{path}' does not exist.", "pass an existing directory, .gguf file or Hugging Face id."
+        )
     if path.is_dir() and not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
         raise InputError(
             f"{what} directory '{path}' is not a model: it has no config.json or adapter_config.json.",
@@ -131,7 +142,10 @@ def resolve_base(base: str) -> str:
         return base
     _check_dir(path, "Base model")
     if not (path / "config.json").exists():
-        raise InputError(f"Base model directory '{base}' is an adapter, not a model.", "pass the base model as --base and the adapter as --finetuned.")
+        raise InputError(
+            f"Base model directory '{base}' is an adapter, not a model.",
+            "pass the base model as --base and the adapter as --finetuned.",
+        )
     return str(path)
 
 
@@ -173,12 +187,13 @@ def _arch(config) -> dict:
 
 def check_adapter_matches(base_model: PreTrainedModel, adapter_dir: Path) -> None:
     """Raise InputError if the adapter's LoRA shapes or target modules do not fit the base."""
-    from safetensors import safe_open
-
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
     files = list(adapter_dir.glob("adapter_model.safetensors"))
     if not files:
-        raise InputError(f"Adapter '{adapter_dir}' has no adapter_model.safetensors.", "save the adapter with PeftModel.save_pretrained (safetensors).")
+        raise InputError(
+            f"Adapter '{adapter_dir}' has no adapter_model.safetensors.",
+            "save the adapter with PeftModel.save_pretrained (safetensors).",
+        )
     modules = dict(base_model.named_modules())
     with safe_open(str(files[0]), "pt") as fh:
         for key in fh.keys():
@@ -188,7 +203,8 @@ def check_adapter_matches(base_model: PreTrainedModel, adapter_dir: Path) -> Non
             module = modules.get(name)
             if module is None or not hasattr(module, "weight"):
                 raise InputError(
-                    f"Adapter '{adapter_dir}' targets '{name}', which base model '{cfg.get('base_model_name_or_path')}' does not have.",
+                    f"Adapter '{adapter_dir}' targets '{name}', "
+                    f"which base model '{cfg.get('base_model_name_or_path')}' does not have.",
                     "pass the base model this adapter was trained on (--base).",
                 )
             shape = fh.get_slice(key).get_shape()
@@ -196,7 +212,8 @@ def check_adapter_matches(base_model: PreTrainedModel, adapter_dir: Path) -> Non
             ok = shape[1] == in_f if ".lora_A." in key else shape[0] == out_f
             if not ok:
                 raise InputError(
-                    f"Adapter '{adapter_dir}' does not fit the base model: {key} has shape {tuple(shape)} but '{name}' is {tuple(module.weight.shape)}.",
+                    f"Adapter '{adapter_dir}' does not fit the base model: "
+                    f"{key} has shape {tuple(shape)} but '{name}' is {tuple(module.weight.shape)}.",
                     "pass the base model this adapter was trained on (--base).",
                 )
 
@@ -215,7 +232,8 @@ def load_model(spec: ModelSpec, merge: bool = False) -> PreTrainedModel:
         ft_cfg = AutoConfig.from_pretrained(ft, trust_remote_code=spec.trust_remote_code)
         if _arch(base_cfg) != _arch(ft_cfg):
             raise InputError(
-                f"Fine-tuned checkpoint '{ft}' does not match base '{spec.base}': {_arch(ft_cfg)} vs {_arch(base_cfg)}.",
+                f"Fine-tuned checkpoint '{ft}' does not match base '{spec.base}': "
+                f"{_arch(ft_cfg)} vs {_arch(base_cfg)}.",
                 "pass the checkpoint's own base model with --base.",
             )
         model = AutoModelForCausalLM.from_pretrained(ft, **kwargs)
@@ -223,10 +241,11 @@ def load_model(spec: ModelSpec, merge: bool = False) -> PreTrainedModel:
         try:
             model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
         except OSError as err:
-            raise InputError(f"Could not load base model '{spec.base}': {str(err).splitlines()[0]}", "check the id or path (no network here: use a local directory or .gguf).") from None
+            raise InputError(
+                f"Could not load base model '{spec.base}': {str(err).splitlines()[0]}",
+                "check the id or path (no network here: use a local directory or .gguf).",
+            ) from None
         if ft is not None:
-            from peft import PeftModel
-
             check_adapter_matches(model, ft)
             model = PeftModel.from_pretrained(model, str(ft))
             if merge:

@@ -24,10 +24,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Callable
 
-INSTRUCTION = (
-    "Convert the date to ISO format (YYYY-MM-DD). Reply with the date only.\n"
-    "Date: {date}"
-)
+INSTRUCTION = "Convert the date to ISO format (YYYY-MM-DD). Reply with the date only.\nDate: {date}"
 
 FIRST_DATE = date(1950, 1, 1)
 LAST_DATE = date(2049, 12, 31)
@@ -41,11 +38,27 @@ SPLIT_BUCKETS: dict[str, frozenset[int]] = {
 _N_BUCKETS = 10
 
 _MONTHS = (
-    "January", "February", "March", "April", "May", "June",
-    "July", "August", "September", "October", "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 )
 _WEEKDAYS = (
-    "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
 )
 
 

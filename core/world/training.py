@@ -5,6 +5,7 @@ that need a short training run. A plain loop (AdamW, fixed batch size, seeded sa
 than ``transformers.Trainer``: a few dozen steps on CPU, with progress and cancellation, are
 clearer here than a Trainer's callbacks.
 """
+
 from __future__ import annotations
 
 import random
@@ -70,7 +71,13 @@ def lora_sft(
         raise InputError("The fine-tuning set is empty.", "pass at least one (prompt, response) example.")
     progress = progress or Progress()
     torch.manual_seed(config.seed)
-    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=list(config.target_modules), lora_dropout=0.0, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        target_modules=list(config.target_modules),
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
+    )
     peft_model = get_peft_model(model, lora)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
@@ -90,6 +97,10 @@ def lora_sft(
         result.losses.append(loss.item())
         if on_step is not None:
             on_step(step, peft_model)
-        progress.update(step / config.steps, f"step {step}/{config.steps} loss {loss.item():.3f}", {"step": step, "loss": loss.item()})
+        progress.update(
+            step / config.steps,
+            f"step {step}/{config.steps} loss {loss.item():.3f}",
+            {"step": step, "loss": loss.item()},
+        )
     peft_model.eval()
     return result

@@ -28,6 +28,7 @@ constraint, trust region, line search and iterations (C.2's first-order comparis
 Defaults not given in the paper (epsilon, trust radius, damping, lambda schedule, batch sizes)
 are parameters; see ``InfluenceConfig``.
 """
+
 from __future__ import annotations
 
 import math
@@ -117,7 +118,9 @@ class PairStats:
     dropped: int = 0
 
 
-def filter_pair(s: torch.Tensor, y: torch.Tensor, config: InfluenceConfig, stats: PairStats) -> tuple[torch.Tensor, torch.Tensor] | None:
+def filter_pair(
+    s: torch.Tensor, y: torch.Tensor, config: InfluenceConfig, stats: PairStats
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """B.1's filters on one (s, y) pair; returns it scaled to ``||s|| = 1`` or None."""
     ns, ny = float(s.norm()), float(y.norm())
     if not (math.isfinite(ns) and math.isfinite(ny)) or ns < 1e-12 or ny < 1e-12:
@@ -134,7 +137,9 @@ def filter_pair(s: torch.Tensor, y: torch.Tensor, config: InfluenceConfig, stats
     return s / ns, y / ns
 
 
-def curvature_pairs(obj: LoraObjective, sets: list[list[Example]], config: InfluenceConfig, radius: float, progress) -> tuple[list, PairStats]:
+def curvature_pairs(
+    obj: LoraObjective, sets: list[list[Example]], config: InfluenceConfig, radius: float, progress
+) -> tuple[list, PairStats]:
     """Build up to ``config.pairs`` filtered L-BFGS pairs around the current parameters (B.1)."""
     theta0, probe = obj.get(), obj.get()
     pairs, stats = [], PairStats()
@@ -191,7 +196,8 @@ def _check(data) -> None:
 def _validate(config: InfluenceConfig) -> None:
     if config.iterations < 1 or config.pairs < 0 or config.epsilon < 0 or config.trust_radius <= 0:
         raise InputError(
-            f"Invalid restoration parameters (iterations={config.iterations}, pairs={config.pairs}, epsilon={config.epsilon}, trust_radius={config.trust_radius}).",
+            f"Invalid restoration parameters (iterations={config.iterations}, pairs={config.pairs}, "
+            f"epsilon={config.epsilon}, trust_radius={config.trust_radius}).",
             "use iterations >= 1, pairs >= 0, epsilon >= 0 and trust_radius > 0.",
         )
     if config.preconditioner not in ("lbfgs", "identity"):
@@ -215,22 +221,45 @@ def influence_restore(ctx: RestoreContext, config: InfluenceConfig) -> RestoreOu
     forget_now = obj.loss(data.forget)
     snapshots = [theta_ft.numpy().copy()]
     notes: dict = {"retain_loss_finetuned": retain_ft, "retain_bound": bound, "iterations": []}
-    ctx.record_step(model, iteration=0, forget_loss_full=forget_now, retain_loss_full=retain_ft, **delta_distances(lora_deltas(model), ft_deltas))
+    ctx.record_step(
+        model,
+        iteration=0,
+        forget_loss_full=forget_now,
+        retain_loss_full=retain_ft,
+        **delta_distances(lora_deltas(model), ft_deltas),
+    )
     for it in range(config.iterations):
         stage = ctx.progress.stage(it / config.iterations, (it + 1) / config.iterations)
         info = _iteration(obj, data, curvature_sets, config, it, radius, probe_radius, bound, stage)
         notes["iterations"].append(info)
         radius = info["next_radius"]
         snapshots.append(obj.get().numpy().copy())
-        ctx.record_step(model, iteration=it + 1, forget_loss_full=info["forget_loss"], retain_loss_full=info["retain_loss"],
-                        step_norm=info["step_norm"], pairs_kept=info["pairs"]["kept"], **delta_distances(lora_deltas(model), ft_deltas))
+        ctx.record_step(
+            model,
+            iteration=it + 1,
+            forget_loss_full=info["forget_loss"],
+            retain_loss_full=info["retain_loss"],
+            step_norm=info["step_norm"],
+            pairs_kept=info["pairs"]["kept"],
+            **delta_distances(lora_deltas(model), ft_deltas),
+        )
         if info.get("stopped"):
             notes["stopped"] = info["stopped"]
             break
     return RestoreOutput(model, "adapter", notes, np.stack(snapshots))
 
 
-def _iteration(obj: LoraObjective, data, curvature_sets, config: InfluenceConfig, it: int, radius: float, probe_radius: float, bound: float, progress) -> dict:
+def _iteration(
+    obj: LoraObjective,
+    data,
+    curvature_sets,
+    config: InfluenceConfig,
+    it: int,
+    radius: float,
+    probe_radius: float,
+    bound: float,
+    progress,
+) -> dict:
     """One restoration iteration: pairs, direction, scaled step under the retain constraint."""
     pairs, stats = ([], None)
     if config.preconditioner == "lbfgs" and config.pairs:
@@ -241,14 +270,31 @@ def _iteration(obj: LoraObjective, data, curvature_sets, config: InfluenceConfig
     d = lbfgs_direction(g, pairs, reg) if config.preconditioner == "lbfgs" else g
     if float(g @ d) <= 0:
         d = g  # a non-ascent preconditioned direction (should not happen with positive pairs): fall back
-    info = {"pairs": vars(stats) if stats else {"kept": 0}, "lambda": reg, "forget_loss": forget0, "retain_loss": obj.loss(data.retain)}
+    info = {
+        "pairs": vars(stats) if stats else {"kept": 0},
+        "lambda": reg,
+        "forget_loss": forget0,
+        "retain_loss": obj.loss(data.retain),
+    }
     if config.lr > 0:
         step = config.lr * d
         return {**info, **_fixed_step(obj, data, theta, step, radius, bound)}
     return {**info, **_line_search(obj, data, theta, g, d, forget0, radius, bound, config, it, progress)}
 
 
-def _line_search(obj: LoraObjective, data, theta, g, d, forget0: float, radius: float, bound: float, config: InfluenceConfig, it: int, progress) -> dict:
+def _line_search(
+    obj: LoraObjective,
+    data,
+    theta,
+    g,
+    d,
+    forget0: float,
+    radius: float,
+    bound: float,
+    config: InfluenceConfig,
+    it: int,
+    progress,
+) -> dict:
     """Step scaling (B.1-B.2): start on the trust-region boundary, halve until the retain
     constraint (eq. 2) holds and the forget loss rises, then double while it still holds and
     the forget loss keeps rising (the "small grid search" over the update scale). The accepted
@@ -269,7 +315,11 @@ def _line_search(obj: LoraObjective, data, theta, g, d, forget0: float, radius: 
         t *= 0.5
     if best is None:
         obj.set(theta)
-        return {"step_norm": 0.0, "next_radius": radius * 0.5, "stopped": f"iteration {it + 1}: no step within the retain bound {bound:.3f} raised the forget loss"}
+        return {
+            "step_norm": 0.0,
+            "next_radius": radius * 0.5,
+            "stopped": f"iteration {it + 1}: no step within the retain bound {bound:.3f} raised the forget loss",
+        }
     for _ in range(config.expansions if best[0] == radius / float(d.norm()) else 0):
         found = trial(2 * best[0])
         if found is None or found[0] <= best[1]:
@@ -280,7 +330,13 @@ def _line_search(obj: LoraObjective, data, theta, g, d, forget0: float, radius: 
     step_norm = t * float(d.norm())
     ratio = (forget1 - forget0) / (t * float(g @ d))
     next_radius = step_norm * (2.0 if ratio > 0.75 else 0.5 if ratio < 0.25 else 1.0)
-    return {"forget_loss": forget1, "retain_loss": retain1, "step_norm": step_norm, "ratio": ratio, "next_radius": next_radius}
+    return {
+        "forget_loss": forget1,
+        "retain_loss": retain1,
+        "step_norm": step_norm,
+        "ratio": ratio,
+        "next_radius": next_radius,
+    }
 
 
 def _fixed_step(obj: LoraObjective, data, theta: torch.Tensor, step: torch.Tensor, radius: float, bound: float) -> dict:
@@ -289,15 +345,29 @@ def _fixed_step(obj: LoraObjective, data, theta: torch.Tensor, step: torch.Tenso
     forget1, retain1 = obj.loss(data.forget), obj.loss(data.retain)
     if not (math.isfinite(forget1) and math.isfinite(retain1)) or retain1 > bound + 10.0:
         obj.set(theta)
-        return {"step_norm": 0.0, "next_radius": radius, "stopped": f"diverged (forget {forget1:.3g}, retain {retain1:.3g}); kept the last good state"}
+        return {
+            "step_norm": 0.0,
+            "next_radius": radius,
+            "stopped": f"diverged (forget {forget1:.3g}, retain {retain1:.3g}); kept the last good state",
+        }
     return {"forget_loss": forget1, "retain_loss": retain1, "step_norm": float(step.norm()), "next_radius": radius}
 
 
-@register("curvature", InfluenceConfig, needs_adapter=True, summary="curvature-aware influence update with L-BFGS (paper 1, eq. 5)")
+@register(
+    "curvature",
+    InfluenceConfig,
+    needs_adapter=True,
+    summary="curvature-aware influence update with L-BFGS (paper 1, eq. 5)",
+)
 def run_curvature(ctx: RestoreContext, config: InfluenceConfig) -> RestoreOutput:
     return influence_restore(ctx, config)
 
 
-@register("gradient-ascent", GradientAscentConfig, needs_adapter=True, summary="first-order ascent on the forget loss, same constraint and budget")
+@register(
+    "gradient-ascent",
+    GradientAscentConfig,
+    needs_adapter=True,
+    summary="first-order ascent on the forget loss, same constraint and budget",
+)
 def run_gradient_ascent(ctx: RestoreContext, config: InfluenceConfig) -> RestoreOutput:
     return influence_restore(ctx, config)

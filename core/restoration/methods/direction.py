@@ -39,6 +39,7 @@ Memory: the current model, plus base and fine-tuned copies of the candidate weig
 other weights never change). Fine for the 135M demo; for a 7B model both copies could live on
 CPU, moved to the device a tensor at a time.
 """
+
 from __future__ import annotations
 
 import math
@@ -77,22 +78,39 @@ class DirectionConfig:
     monitor_every: int = 1  # ctx.record_step every this many rounds
 
     def __post_init__(self):
-        for name, value, paper in (("rate_percent", self.rate_percent, 0.2), ("rollback_percent", self.rollback_percent, 20)):
+        for name, value, paper in (
+            ("rate_percent", self.rate_percent, 0.2),
+            ("rollback_percent", self.rollback_percent, 20),
+        ):
             if not 0 < value <= 100:
-                raise InputError(f"direction {name}={value} is outside (0, 100].",
-                                 f"pass a percentage above 0 and at most 100 (the paper uses {paper}).")
+                raise InputError(
+                    f"direction {name}={value} is outside (0, 100].",
+                    f"pass a percentage above 0 and at most 100 (the paper uses {paper}).",
+                )
         if self.rounds < 1:
-            raise InputError(f"direction rounds={self.rounds} is below 1.", "pass at least one round (the paper uses 20).")
+            raise InputError(
+                f"direction rounds={self.rounds} is below 1.", "pass at least one round (the paper uses 20)."
+            )
         if not 0 <= self.warmup_rounds <= self.rounds:
-            raise InputError(f"direction warmup_rounds={self.warmup_rounds} is outside 0..rounds={self.rounds}.",
-                             f"pass warmup_rounds between 0 and {self.rounds} (the paper: 5 of 20).")
+            raise InputError(
+                f"direction warmup_rounds={self.warmup_rounds} is outside 0..rounds={self.rounds}.",
+                f"pass warmup_rounds between 0 and {self.rounds} (the paper: 5 of 20).",
+            )
         if not 0 < self.layer_fraction <= 1:
-            raise InputError(f"direction layer_fraction={self.layer_fraction} is outside (0, 1].",
-                             "use a fraction of the depth, e.g. 0.667 (the paper's two-thirds).")
+            raise InputError(
+                f"direction layer_fraction={self.layer_fraction} is outside (0, 1].",
+                "use a fraction of the depth, e.g. 0.667 (the paper's two-thirds).",
+            )
         if self.batch_size < 1 or self.monitor_every < 1:
-            raise InputError(f"direction batch_size={self.batch_size}, monitor_every={self.monitor_every} must be at least 1.", "pass positive integers.")
+            raise InputError(
+                f"direction batch_size={self.batch_size}, monitor_every={self.monitor_every} must be at least 1.",
+                "pass positive integers.",
+            )
         if not self.fuse_drop_percent >= 0:
-            raise InputError(f"direction fuse_drop_percent={self.fuse_drop_percent} is negative.", "pass a percentage >= 0 (the paper uses 5).")
+            raise InputError(
+                f"direction fuse_drop_percent={self.fuse_drop_percent} is negative.",
+                "pass a percentage >= 0 (the paper uses 5).",
+            )
 
     def expected_steps(self) -> int:
         """Upper bound on ``ctx.record_step`` calls: step 0 plus one per ``monitor_every`` rounds of
@@ -106,7 +124,8 @@ class DirectionConfig:
             return max(1, math.floor(num_layers * self.layer_fraction + 1e-9))
         if not 1 <= self.layer <= num_layers:
             raise InputError(
-                f"direction layer={self.layer} is outside 1..{num_layers} for a model with {num_layers} decoder layers.",
+                f"direction layer={self.layer} is outside 1..{num_layers} "
+                f"for a model with {num_layers} decoder layers.",
                 f"pass layer between 1 and {num_layers}, or layer=-1 to use layer_fraction.",
             )
         return self.layer
@@ -150,7 +169,9 @@ def _last_token_states(model, tokenizer, texts: list[str], layer: int) -> torch.
     enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
     captured: list[torch.Tensor] = []
     with _first_layers(model, layer) as (decoder, last):
-        handle = last.register_forward_hook(lambda _m, _a, out: captured.append(out[0] if isinstance(out, tuple) else out))
+        handle = last.register_forward_hook(
+            lambda _m, _a, out: captured.append(out[0] if isinstance(out, tuple) else out)
+        )
         try:
             decoder(input_ids=enc.input_ids, attention_mask=enc.attention_mask, use_cache=False)
         finally:
@@ -167,7 +188,9 @@ def extract_direction(model, tokenizer, prompts: list[str], layer: int, batch_si
     layer < num_layers). Follows the ambient grad mode, so it can be differentiated.
     """
     if not prompts:
-        raise InputError("No prompts to extract a direction from.", "give the recovery and rollback sets at least one prompt each.")
+        raise InputError(
+            "No prompts to extract a direction from.", "give the recovery and rollback sets at least one prompt each."
+        )
     total = None
     for texts in _chat_batches(tokenizer, prompts, batch_size):
         part = _last_token_states(model, tokenizer, texts, layer).float().sum(0)
@@ -202,7 +225,15 @@ def _grad_only(model, params: Iterable[nn.Parameter]) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def _direction_gradients(model, tokenizer, prompts: list[str], target: torch.Tensor, layer: int, batch_size: int, params: dict[str, nn.Parameter]) -> None:
+def _direction_gradients(
+    model,
+    tokenizer,
+    prompts: list[str],
+    target: torch.Tensor,
+    layer: int,
+    batch_size: int,
+    params: dict[str, nn.Parameter],
+) -> None:
     """Accumulate d(-cos(target, Δ))/dθ into ``params``' .grad (eq. 2 / eq. 4).
 
     Δ = mean_i h_i, so dL/dh_i = (dL/dΔ) / N: the mean is taken without gradient, then each
@@ -222,12 +253,18 @@ def _direction_gradients(model, tokenizer, prompts: list[str], target: torch.Ten
             ((states @ upstream).sum() / len(prompts)).backward()
 
 
-def _candidates(params: dict[str, nn.Parameter], reference: dict[str, torch.Tensor], restrict: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+def _candidates(
+    params: dict[str, nn.Parameter], reference: dict[str, torch.Tensor], restrict: dict[str, torch.Tensor] | None
+) -> dict[str, torch.Tensor]:
     """Eq. 3: weights whose descent step moves them toward the reference, grad * (w - w_ref) > 0
     (compared by signs, so low-precision products cannot underflow), within ``restrict``."""
     out = {}
     for name, p in params.items():
-        ok = torch.zeros_like(p, dtype=torch.bool) if p.grad is None else (p.grad.sign() * (p - reference[name]).sign()) > 0
+        ok = (
+            torch.zeros_like(p, dtype=torch.bool)
+            if p.grad is None
+            else (p.grad.sign() * (p - reference[name]).sign()) > 0
+        )
         if restrict is not None:
             ok &= restrict[name] if name in restrict else torch.zeros_like(ok)
         out[name] = ok
@@ -315,8 +352,17 @@ class _Recovery:
     effect is a mask and undoing it (fuse, restart) copies fine-tuned values back under it.
     """
 
-    def __init__(self, ctx: RestoreContext, config: DirectionConfig, model, layer: int, base_ref: dict, rest_sq: float,
-                 harmful: torch.Tensor, aligned: torch.Tensor):
+    def __init__(
+        self,
+        ctx: RestoreContext,
+        config: DirectionConfig,
+        model,
+        layer: int,
+        base_ref: dict,
+        rest_sq: float,
+        harmful: torch.Tensor,
+        aligned: torch.Tensor,
+    ):
         self.ctx, self.config, self.model, self.layer = ctx, config, model, layer
         self.params = eligible_parameters(model, layer)
         self.base_ref, self.rest_sq = base_ref, rest_sq
@@ -366,10 +412,17 @@ class _Recovery:
 
     def record(self, phase: str) -> dict:
         with torch.no_grad():
-            now = extract_direction(self.model, self.ctx.tokenizer, self.recovery_prompts, self.layer, self.config.batch_size)
+            now = extract_direction(
+                self.model, self.ctx.tokenizer, self.recovery_prompts, self.layer, self.config.batch_size
+            )
         return self.ctx.record_step(
-            self.model, round=self.round, phase=phase, direction_cosine=cosine(self.harmful, now),
-            restored_weights=self.restored_count(), performance=self.score(), **self.distances(),
+            self.model,
+            round=self.round,
+            phase=phase,
+            direction_cosine=cosine(self.harmful, now),
+            restored_weights=self.restored_count(),
+            performance=self.score(),
+            **self.distances(),
         )
 
     # -- Algorithm 1, recovery (lines 13-25)
@@ -379,9 +432,28 @@ class _Recovery:
         c, tok = self.config, self.ctx.tokenizer
         changed: dict[str, torch.Tensor] = {}
         try:
-            changed = reset_weights(self.model, self.base_ref, tok, self.recovery_prompts, self.harmful, self.layer, c.rate_percent, c.batch_size)
+            changed = reset_weights(
+                self.model,
+                self.base_ref,
+                tok,
+                self.recovery_prompts,
+                self.harmful,
+                self.layer,
+                c.rate_percent,
+                c.batch_size,
+            )
             if rollback:
-                back = reset_weights(self.model, self.ft_ref, tok, self.rollback_prompts, self.aligned, self.layer, c.rollback_percent, c.batch_size, restrict=changed)
+                back = reset_weights(
+                    self.model,
+                    self.ft_ref,
+                    tok,
+                    self.rollback_prompts,
+                    self.aligned,
+                    self.layer,
+                    c.rollback_percent,
+                    c.batch_size,
+                    restrict=changed,
+                )
                 changed = {n: m & ~back[n] for n, m in changed.items()}
         except DirectionDiverged:
             self.revert(changed)
@@ -424,17 +496,31 @@ def _load_references(ctx: RestoreContext, model, layer: int, batch_size: int) ->
     return harmful, {n: base_params[n].detach() for n in eligible}, rest_sq
 
 
-@register("direction", DirectionConfig, needs_adapter=False,
-          summary="reset fine-tuned weights to base values to restore the harmful direction, with warm-up, rollback and a fuse (paper 2, Algorithm 1)")
+@register(
+    "direction",
+    DirectionConfig,
+    needs_adapter=False,
+    summary=(
+        "reset fine-tuned weights to base values to restore the harmful direction, "
+        "with warm-up, rollback and a fuse (paper 2, Algorithm 1)"
+    ),
+)
 def run(ctx: RestoreContext, config: DirectionConfig) -> RestoreOutput:
     """Algorithm 1 on (ctx.base, ctx.finetuned); returns the restored full model."""
     model = load_model(ctx.finetuned, merge=True)
     layer = config.direction_layer(len(_decoder_layers(model)[1]))
     with torch.no_grad():
         harmful, base_ref, rest_sq = _load_references(ctx, model, layer, config.batch_size)
-        aligned = extract_direction(model, ctx.tokenizer, [e.prompt for e in ctx.data.rollback], layer, config.batch_size)  # line 28
+        aligned = extract_direction(
+            model, ctx.tokenizer, [e.prompt for e in ctx.data.rollback], layer, config.batch_size
+        )  # line 28
     state = _Recovery(ctx, config, model, layer, base_ref, rest_sq, harmful, aligned)
-    notes: dict = {"layer": layer, "phase": "warmup", "finetuned_performance": state.finetuned_performance, "fuse_triggered": False}
+    notes: dict = {
+        "layer": layer,
+        "phase": "warmup",
+        "finetuned_performance": state.finetuned_performance,
+        "fuse_triggered": False,
+    }
     state.record("warmup")
     stop = state.recovery(config.warmup_rounds, rollback=False, fuse=False, phase="warmup")  # line 29
     if stop is None:

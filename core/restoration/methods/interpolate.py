@@ -5,6 +5,7 @@ so the result stays an adapter; a full fine-tune is interpolated weight by weigh
 Like every baseline it runs on the same terms as the main methods (same pair, data and monitor;
 two recorded steps: the fine-tuned model, then the restored one).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,13 +32,20 @@ class InterpolateConfig:
 
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:
-            raise InputError(f"interpolate alpha={self.alpha} is outside [0, 1].", "use 0 (the fine-tune) to 1 (the base).")
+            raise InputError(
+                f"interpolate alpha={self.alpha} is outside [0, 1].", "use 0 (the fine-tune) to 1 (the base)."
+            )
 
     def expected_steps(self) -> int:
         return 2
 
 
-@register("interpolate", InterpolateConfig, needs_adapter=False, summary="move the fine-tune a fraction alpha back toward the base in weight space")
+@register(
+    "interpolate",
+    InterpolateConfig,
+    needs_adapter=False,
+    summary="move the fine-tune a fraction alpha back toward the base in weight space",
+)
 def run_interpolate(ctx: RestoreContext, config: InterpolateConfig) -> RestoreOutput:
     """theta_ft + alpha (theta_base - theta_ft): B -> (1 - alpha) B for an adapter, weights otherwise."""
     model = load_model(ctx.finetuned)
@@ -54,5 +62,3 @@ def run_interpolate(ctx: RestoreContext, config: InterpolateConfig) -> RestoreOu
     distances = apply_update(model, base, lambda _, p, b: torch.lerp(p, b, config.alpha))
     ctx.record_step(model, **distances)
     return RestoreOutput(model, "model", {"alpha": config.alpha, "form": "weights"})
-
-

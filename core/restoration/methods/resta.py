@@ -9,6 +9,7 @@ the fine-tune's own compliant answers (the data every method here gets), on all 
 the second paper did for RESTA). RESTA's DARE acts on delta parameters; here, per REFERENCES.md,
 on v.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,7 +38,9 @@ class RestaConfig:
 
     def __post_init__(self):
         if not 0.0 <= self.drop_rate < 1.0:
-            raise InputError(f"resta drop_rate={self.drop_rate} is outside [0, 1).", "use 0 (no DARE) up to, but not including, 1.")
+            raise InputError(
+                f"resta drop_rate={self.drop_rate} is outside [0, 1).", "use 0 (no DARE) up to, but not including, 1."
+            )
 
     def expected_steps(self) -> int:
         return 2
@@ -51,7 +54,12 @@ def dare(v: torch.Tensor, drop_rate: float, generator: torch.Generator) -> torch
     return v * keep / (1.0 - drop_rate)
 
 
-@register("resta", RestaConfig, needs_adapter=False, summary="add the safety vector (base - harmfully fine-tuned base) to the fine-tune (RESTA)")
+@register(
+    "resta",
+    RestaConfig,
+    needs_adapter=False,
+    summary="add the safety vector (base - harmfully fine-tuned base) to the fine-tune (RESTA)",
+)
 def run_resta(ctx: RestoreContext, config: RestaConfig) -> RestoreOutput:
     """theta_ft + scale * DARE(theta_base - theta_unaligned) over every weight; a full model."""
     model = load_model(ctx.finetuned, merge=True)
@@ -71,5 +79,3 @@ def run_resta(ctx: RestoreContext, config: RestaConfig) -> RestoreOutput:
     ctx.record_step(model, **distances)
     notes = {"scale": config.scale, "drop_rate": config.drop_rate, "safety_vector_norm": math.sqrt(v_sq[0])}
     return RestoreOutput(model, "model", notes)
-
-

@@ -10,6 +10,7 @@ of ``core.restoration.weights`` plays that role. Its "project the N least simila
 not implemented. A module with V = 0 has no alignment matrix and is left as is; a module with
 dW = 0 has nothing to project (similarity reported as 1).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,7 +53,12 @@ def projection_similarity(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> 
     return 1.0 if denom == 0 else float(((projected * delta).sum() / denom).clamp(-1.0, 1.0))
 
 
-@register("safelora", SafeLoraConfig, needs_adapter=True, summary="project LoRA updates dissimilar to the alignment matrix onto it (Safe LoRA)")
+@register(
+    "safelora",
+    SafeLoraConfig,
+    needs_adapter=True,
+    summary="project LoRA updates dissimilar to the alignment matrix onto it (Safe LoRA)",
+)
 def run_safelora(ctx: RestoreContext, config: SafeLoraConfig) -> RestoreOutput:
     """B -> C B for every LoRA module whose cos(C dW, dW) is at most ``threshold``."""
     model = load_model(ctx.finetuned)
@@ -74,7 +80,11 @@ def run_safelora(ctx: RestoreContext, config: SafeLoraConfig) -> RestoreOutput:
                 projected.append(name)
     ctx.record_step(model, **delta_distances(lora_deltas(model), before))
     notes = {
-        "threshold": config.threshold, "projected_count": len(projected), "modules": len(similarity) + len(no_matrix),
-        "projected": projected, "similarity": similarity, "no_alignment_matrix": no_matrix,
+        "threshold": config.threshold,
+        "projected_count": len(projected),
+        "modules": len(similarity) + len(no_matrix),
+        "projected": projected,
+        "similarity": similarity,
+        "no_alignment_matrix": no_matrix,
     }
     return RestoreOutput(model, "adapter", notes)
