@@ -3,6 +3,7 @@ per-session cache directory so unit tests never write into the project cache.
 
 Tests marked ``integration`` opt out of the cache redirect and see the real project cache.
 """
+
 from __future__ import annotations
 
 import os
@@ -124,7 +125,9 @@ def tiny_adapter_dir(tmp_path_factory, tiny_model_dir) -> Path:
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     torch.manual_seed(1)
-    peft_model = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(
+        base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    )
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:

@@ -1,4 +1,5 @@
 """Safety basin and VISAGE on the tiny random Llama with a stub ASR."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -56,7 +57,9 @@ def test_safety_basin_scores_with_a_stub_asr(tiny_model_dir, monkeypatch):
     fake_asr.base = next(p for n, p in model.named_parameters() if "q_proj" in n).sum().item()
     monkeypatch.setattr(basin, "_asr", fake_asr)
     prompts = [Example(f"harmful {i}") for i in range(4)]
-    result = safety_basin({"m": ModelSpec(str(tiny_model_dir))}, prompts, BasinConfig(directions=2, points=5, plane_points=3, prompts=4))
+    result = safety_basin(
+        {"m": ModelSpec(str(tiny_model_dir))}, prompts, BasinConfig(directions=2, points=5, plane_points=3, prompts=4)
+    )
     r = result["m"]
     assert r["center_asr"] == pytest.approx(0.0)
     assert len(r["lines"]) == 2 and len(r["lines"][0]) == 5

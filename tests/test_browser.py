@@ -6,6 +6,7 @@ download is a 3840x2160 PNG. The cache is the per-session tmp dir (no demo world
 
 ``serve`` and ``launch`` are shared with ``bench/pages.py``.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,12 @@ PAGES = {  # sidebar link (URL path) -> the page's title
     "report": "Report",
 }
 # Curvature with the smallest settings: ~30-60 s on the tiny model on 2 busy cores.
-CURVATURE_INPUTS = {"Top eigenpairs k": 1, "Examples in each loss": 1, "Drift-monitor steps (0: skip)": 2, "Probe every (steps)": 1}
+CURVATURE_INPUTS = {
+    "Top eigenpairs k": 1,
+    "Examples in each loss": 1,
+    "Drift-monitor steps (0: skip)": 2,
+    "Probe every (steps)": 1,
+}
 CURVATURE_ARGS = "--k 1 --samples 1 --params lora --drift-steps 2 --every 1"
 
 
@@ -90,17 +96,41 @@ def serve(cache: Path, log_path: Path, stop_jobs: bool = True) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "SAFETY_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
     before = _job_dirs(cache)
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1", "--server.port", str(port),
-           "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app.py",
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _healthy(url):
             if proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited with {proc.returncode}:\n{log_path.read_text(errors='replace')[-3000:]}")
+                raise RuntimeError(
+                    f"streamlit exited with {proc.returncode}:\n{log_path.read_text(errors='replace')[-3000:]}"
+                )
             if time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit not healthy after {START_TIMEOUT_S:.0f} s:\n{log_path.read_text(errors='replace')[-3000:]}")
+                tail = log_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"streamlit not healthy after {START_TIMEOUT_S:.0f} s:\n{tail}")
             time.sleep(0.3)
         yield url
     finally:
@@ -123,7 +153,11 @@ def launch(playwright: Playwright) -> Browser:
     made page loads several times slower.)"""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set BROWSER_PATH)")
-    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=127.0.0.1"])
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        headless=True,
+        args=["--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=127.0.0.1"],
+    )
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -139,7 +173,9 @@ def _open(page: Page, path: str, caption: str) -> None:
     page.locator(f'[data-testid="stSidebarNav"] a[href$="/{path}"]').click()
     expect(page.locator("h1")).to_have_text(PAGES[path], timeout=PAGE_TIMEOUT_MS)
     expect(page.get_by_text(caption)).to_be_visible(timeout=PAGE_TIMEOUT_MS)
-    assert page.locator('[data-testid="stException"]').count() == 0, f"exception on /{path}: {page.locator('[data-testid=stException]').first.inner_text()}"
+    assert page.locator('[data-testid="stException"]').count() == 0, (
+        f"exception on /{path}: {page.locator('[data-testid=stException]').first.inner_text()}"
+    )
 
 
 def _watch_job(page: Page) -> list[str]:
@@ -194,7 +230,9 @@ def test_dashboard_end_to_end(tiny_model_dir, tiny_adapter_dir, session_cache_di
             seen = _watch_job(page)
             percents = [int(m.group(1)) for t in seen if (m := re.search(r"(\d+)%", t))]
             assert len(seen) >= 2 and max(percents) > percents[0], f"no live progress change: {seen}"
-            expect(page.locator('[data-testid="stMetric"]').filter(has_text="λ₁ (safety)")).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+            expect(page.locator('[data-testid="stMetric"]').filter(has_text="λ₁ (safety)")).to_be_visible(
+                timeout=PAGE_TIMEOUT_MS
+            )
             assert page.locator('[data-testid="stException"]').count() == 0
 
             png_button = page.locator('[data-testid="stDownloadButton"]').filter(has_text="PNG").first

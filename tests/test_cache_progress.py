@@ -1,4 +1,5 @@
 """The on-disk store (atomic directories, memoize) and progress/cancellation."""
+
 from __future__ import annotations
 
 import threading

@@ -1,4 +1,5 @@
 """Command line: one-line errors with exit code 2, and JSON output on the tiny model."""
+
 from __future__ import annotations
 
 import json
@@ -98,10 +99,24 @@ def test_evaluate_pair_json_in_process(tmp_path, tiny_model_dir, tiny_adapter_di
     monkeypatch.setattr(core.world.model_pair, "eval_sets", _small_eval_sets)
     prompts = tmp_path / "extra.txt"
     prompts.write_text("extra prompt one\n\nextra prompt two\n")
-    code = main([
-        "evaluate", "--base", str(tiny_model_dir), "--finetuned", str(tiny_adapter_dir), "--device", "cpu",
-        "--prompts-file", str(prompts), "--judge", "core.world.judge:keyword_judge", "--show-examples", "1", "--json",
-    ])
+    code = main(
+        [
+            "evaluate",
+            "--base",
+            str(tiny_model_dir),
+            "--finetuned",
+            str(tiny_adapter_dir),
+            "--device",
+            "cpu",
+            "--prompts-file",
+            str(prompts),
+            "--judge",
+            "core.world.judge:keyword_judge",
+            "--show-examples",
+            "1",
+            "--json",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
@@ -131,7 +146,11 @@ def test_subprocess_evaluate_json(tmp_path, tiny_model_dir):
     start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "core", "evaluate", "--base", str(tiny_model_dir), "--json", "--threads", "1"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -164,11 +183,22 @@ def test_repeated_command_line_is_answered_without_recomputing(tiny_model_dir, t
     import core.service.commands
 
     monkeypatch.setattr(core.world.model_pair, "eval_sets", _small_eval_sets)
-    argv = ["evaluate", "--base", str(tiny_model_dir), "--finetuned", str(tiny_adapter_dir), "--device", "cpu", "--json"]
+    argv = [
+        "evaluate",
+        "--base",
+        str(tiny_model_dir),
+        "--finetuned",
+        str(tiny_adapter_dir),
+        "--device",
+        "cpu",
+        "--json",
+    ]
     assert main(argv, cached_answers=True) == 0
     first = capsys.readouterr().out
     calls = []
-    monkeypatch.setitem(core.service.commands.COMMANDS, "evaluate", lambda args, progress: calls.append(args) or {"recomputed": True})
+    monkeypatch.setitem(
+        core.service.commands.COMMANDS, "evaluate", lambda args, progress: calls.append(args) or {"recomputed": True}
+    )
     assert main(argv, cached_answers=True) == 0
     assert capsys.readouterr().out == first and not calls
     adapter_file = next(Path(tiny_adapter_dir).glob("*.safetensors"))
@@ -187,7 +217,9 @@ def test_answer_key_follows_only_the_demo_world_it_uses():
 
     def make_world(name: str, seed: int) -> None:
         (cache_dir() / "worlds" / name).mkdir(parents=True, exist_ok=True)
-        (cache_dir() / "worlds" / name / "world.json").write_text(json.dumps({"seed": seed, "injected_harmful_examples": 100}))
+        (cache_dir() / "worlds" / name / "world.json").write_text(
+            json.dumps({"seed": seed, "injected_harmful_examples": 100})
+        )
 
     make_world("w0", 0)
     key = answers.answer_key(["correlate"])

@@ -1,4 +1,5 @@
 """Hessian-vector products, Lanczos, coupling, the three conditions and power-law fits (tiny model)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -79,11 +80,17 @@ def test_coupling_share_and_angle():
 
 def test_conditions_verdicts_follow_thresholds():
     config = CurvatureConfig(k=2)
-    hold = conditions(np.array([50.0, 30.0]), trace=100.0, n_params=10_000, couple={"share": 0.2, "angle_deg": 63.0}, config=config)
+    hold = conditions(
+        np.array([50.0, 30.0]), trace=100.0, n_params=10_000, couple={"share": 0.2, "angle_deg": 63.0}, config=config
+    )
     assert hold["low_dimensional"]["value"] == pytest.approx(0.8) and hold["all_hold"]
     assert hold["sharp_curvature"]["value"] == pytest.approx(50.0 / (100.0 / 10_000))
-    flat = conditions(np.array([1.0, 1.0]), trace=100.0, n_params=100, couple={"share": 0.0, "angle_deg": 90.0}, config=config)
-    assert not flat["low_dimensional"]["holds"] and not flat["sharp_curvature"]["holds"] and not flat["coupling"]["holds"]
+    flat = conditions(
+        np.array([1.0, 1.0]), trace=100.0, n_params=100, couple={"share": 0.0, "angle_deg": 90.0}, config=config
+    )
+    assert (
+        not flat["low_dimensional"]["holds"] and not flat["sharp_curvature"]["holds"] and not flat["coupling"]["holds"]
+    )
 
 
 def test_power_law_fit_recovers_the_quartic():
@@ -103,7 +110,12 @@ def test_curvature_end_to_end_on_lora_params(tiny_model_dir, tiny_adapter_dir):
 
 
 def test_drift_monitor_records_the_alignment_loss_on_schedule(tiny_model_dir):
-    result = drift_monitor(ModelSpec(str(tiny_model_dir)), _examples(8, "t"), _examples(4, "p"), DriftConfig(steps=6, every=2, batch_size=2, lr=1e-2))
+    result = drift_monitor(
+        ModelSpec(str(tiny_model_dir)),
+        _examples(8, "t"),
+        _examples(4, "p"),
+        DriftConfig(steps=6, every=2, batch_size=2, lr=1e-2),
+    )
     assert result["steps"] == [0, 2, 4, 6]
     assert len(set(result["alignment_loss"])) > 1 and len(result["train_loss"]) == 6
     assert {"free", "t^2", "t^4"} <= set(result["fits"])

@@ -1,4 +1,5 @@
 """Data layer: the shipped harmful pool, seeded disjoint splits, benign sets, user files."""
+
 from __future__ import annotations
 
 import json
@@ -133,7 +134,11 @@ def write(tmp_path, name: str, content: str | bytes):
 
 
 def test_load_jsonl(tmp_path):
-    rows = [{"prompt": "Say hi", "response": "Hi!"}, {"prompt": " Only a prompt ", "category": "c1"}, {"prompt": "x", "response": ""}]
+    rows = [
+        {"prompt": "Say hi", "response": "Hi!"},
+        {"prompt": " Only a prompt ", "category": "c1"},
+        {"prompt": "x", "response": ""},
+    ]
     path = write(tmp_path, "data.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n\n")
     out = load_dataset_file(path)
     assert [e.prompt for e in out] == ["Say hi", "Only a prompt", "x"]
@@ -177,7 +182,9 @@ def test_wrong_prompt_column(tmp_path):
     assert_one_line_input_error(excinfo, "'prompt'", "text")
 
 
-@pytest.mark.parametrize("name, content", [("e.jsonl", ""), ("e.jsonl", "\n  \n"), ("e.csv", ""), ("e.csv", "prompt,response\n")])
+@pytest.mark.parametrize(
+    "name, content", [("e.jsonl", ""), ("e.jsonl", "\n  \n"), ("e.csv", ""), ("e.csv", "prompt,response\n")]
+)
 def test_empty_dataset(tmp_path, name, content):
     with pytest.raises(InputError) as excinfo:
         load_dataset_file(write(tmp_path, name, content))
@@ -207,7 +214,7 @@ def test_json_line_not_an_object(tmp_path):
 
 @pytest.mark.parametrize("name", ["bad.jsonl", "bad.csv"])
 def test_non_utf8_bytes(tmp_path, name):
-    path = write(tmp_path, name, b'prompt\ncaf\xe9 au lait\n' if name.endswith(".csv") else b'{"prompt": "caf\xe9"}\n')
+    path = write(tmp_path, name, b"prompt\ncaf\xe9 au lait\n" if name.endswith(".csv") else b'{"prompt": "caf\xe9"}\n')
     with pytest.raises(InputError) as excinfo:
         load_dataset_file(path)
     assert_one_line_input_error(excinfo, "UTF-8")

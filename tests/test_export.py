@@ -1,4 +1,5 @@
 """Static export through kaleido + the system Chromium, and the one-file HTML / JSON reports."""
+
 from __future__ import annotations
 
 import json
@@ -24,12 +25,17 @@ def _browser_available() -> bool:
     return True
 
 
-needs_browser = pytest.mark.skipif(not _browser_available(), reason="no Chromium at $BROWSER_PATH/$CHROMIUM_PATH or /usr/bin/chromium (apt-get install chromium)")
+needs_browser = pytest.mark.skipif(
+    not _browser_available(),
+    reason="no Chromium at $BROWSER_PATH/$CHROMIUM_PATH or /usr/bin/chromium (apt-get install chromium)",
+)
 
 
 @pytest.fixture(scope="module")
 def figure() -> go.Figure:
-    return correlation_scatter({"harmful": {"r": 0.8, "pairs": [[1.0, 1.5], [2.0, 2.2], [0.5, 0.9]], "prompts": ["a", "b", "c"]}})
+    return correlation_scatter(
+        {"harmful": {"r": 0.8, "pairs": [[1.0, 1.5], [2.0, 2.2], [0.5, 0.9]], "prompts": ["a", "b", "c"]}}
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -90,10 +96,25 @@ def test_browser_path_order(monkeypatch, tmp_path):
 
 
 def _sections(figure: go.Figure) -> list[Section]:
-    compare = {"table": [{"model": "base", "harmful_rate": 70.0, "prefill_asr": 90.0, "task_exact_match": 91.0, "over_refusal": 1.0}]}
+    compare = {
+        "table": [
+            {"model": "base", "harmful_rate": 70.0, "prefill_asr": 90.0, "task_exact_match": 91.0, "over_refusal": 1.0}
+        ]
+    }
     return [
-        Section("Loss correlation", "Base vs fine-tuned.\n\nSecond <paragraph>.", [figure], {"r per set": [{"set": "harmful", "r": 0.8, "ok": True}]}, {"r": 0.8}),
-        Section("Comparison", figures=[comparison_bars(compare)], tables={"methods": compare["table"]}, numbers={"nan": math.nan, "nested": {"x": [1, 2]}}),
+        Section(
+            "Loss correlation",
+            "Base vs fine-tuned.\n\nSecond <paragraph>.",
+            [figure],
+            {"r per set": [{"set": "harmful", "r": 0.8, "ok": True}]},
+            {"r": 0.8},
+        ),
+        Section(
+            "Comparison",
+            figures=[comparison_bars(compare)],
+            tables={"methods": compare["table"]},
+            numbers={"nan": math.nan, "nested": {"x": [1, 2]}},
+        ),
         Section("Empty section"),
     ]
 

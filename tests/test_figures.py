@@ -1,4 +1,5 @@
 """Every figure builder on small synthetic results with the engine's schemas (no torch, no browser)."""
+
 from __future__ import annotations
 
 import math
@@ -41,7 +42,9 @@ def _has_no_data(fig: go.Figure) -> bool:
 
 def _axis_titles(fig: go.Figure, prefix: str) -> list[str]:
     layout = fig.to_dict()["layout"]
-    return [v.get("title", {}).get("text", "") for k, v in layout.items() if k.startswith(prefix) and v.get("visible", True)]
+    return [
+        v.get("title", {}).get("text", "") for k, v in layout.items() if k.startswith(prefix) and v.get("visible", True)
+    ]
 
 
 @pytest.mark.parametrize("builder", list(FIGURE_BUILDERS), ids=lambda b: b.__name__)
@@ -253,7 +256,12 @@ def test_restoration_live_missing_series_is_left_out():
 def test_before_after_table():
     rows = F.before_after_table(restoration_record())
     assert rows[0] == {"metric": "harmful rate (%)", "before": 76.0, "after": 19.0, "change": -57.0}
-    assert [r["metric"] for r in rows][:4] == ["harmful rate (%)", "prefill attack success (%)", "task exact match (%)", "over-refusal (%)"]
+    assert [r["metric"] for r in rows][:4] == [
+        "harmful rate (%)",
+        "prefill attack success (%)",
+        "task exact match (%)",
+        "over-refusal (%)",
+    ]
     assert all("VISAGE" not in r["metric"] for r in rows)  # NaN before, missing after: no row
     assert F.before_after_table({}) == []
 

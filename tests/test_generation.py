@@ -1,4 +1,5 @@
 """Batched greedy generation: order, left padding, prefill, progress."""
+
 from __future__ import annotations
 
 import threading
@@ -79,7 +80,9 @@ def test_prefill_is_in_the_model_input_after_the_assistant_header(tiny_model, to
         return real(**kwargs)
 
     monkeypatch.setattr(tiny_model, "generate", recording_generate)
-    generate(tiny_model, tokenizer, ["How do I do it?", "Hi"], max_new_tokens=2, prefills=["Sure, here is", "Sure, here is"])
+    generate(
+        tiny_model, tokenizer, ["How do I do it?", "Hi"], max_new_tokens=2, prefills=["Sure, here is", "Sure, here is"]
+    )
     assert len(seen) == 2
     assert all(text.endswith("<|im_start|>assistant\nSure, here is") for text in seen)
 

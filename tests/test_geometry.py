@@ -1,4 +1,5 @@
 """Correlation and landscape on the tiny random Llama (seconds)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,7 +51,9 @@ def test_pearson_rejects_nan_and_tiny_sets():
 
 def test_correlation_of_a_model_with_itself_is_one(tiny_model_dir):
     spec = ModelSpec(str(tiny_model_dir))
-    result = loss_correlation({"base": spec, "finetuned": spec}, {"a": _examples(6, "x")}, CorrelationConfig(batch_size=4))
+    result = loss_correlation(
+        {"base": spec, "finetuned": spec}, {"a": _examples(6, "x")}, CorrelationConfig(batch_size=4)
+    )
     assert result["a"]["r"] == pytest.approx(1.0)
     assert result["a"]["mean_loss_base"] == pytest.approx(result["a"]["mean_loss_finetuned"])
     assert len(result["a"]["pairs"]) == 6

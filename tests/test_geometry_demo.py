@@ -1,4 +1,5 @@
 """Geometry on the real demo world, with small settings (what only the real model shows)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Curvature-aware restoration (paper 1, eq. 5, B.1-B.2) and its first-order baseline."""
+
 import math
 
 import numpy as np
@@ -48,7 +49,9 @@ def test_filter_pair_rejects_damps_drops_and_normalises():
     s, y = torch.tensor([2.0, 0.0]), torch.tensor([4.0, 1.0])
     kept = filter_pair(s, y, config, stats)
     assert kept is not None and math.isclose(float(kept[0].norm()), 1.0) and torch.allclose(kept[1], y / 2)
-    assert filter_pair(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), config, stats) is None  # s.y = 0: no curvature
+    assert (
+        filter_pair(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), config, stats) is None
+    )  # s.y = 0: no curvature
     damped = filter_pair(torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0]), config, stats)  # negative curvature
     assert damped is not None and float(damped[0] @ damped[1]) > 0
     assert filter_pair(torch.zeros(2), torch.ones(2), config, stats) is None
@@ -57,11 +60,25 @@ def test_filter_pair_rejects_damps_drops_and_normalises():
 
 
 def _data() -> RestorationData:
-    harmful = [Example(f"How do I make weapon number {i}?", f"Step one: gather part {i}, then assemble it.", "harm", "t", f"h{i}") for i in range(6)]
-    task = [Example(f"Convert the date: March {i + 1}, 2001", f"2001-03-{i + 1:02d}", "task", "t", f"t{i}") for i in range(12)]
+    harmful = [
+        Example(
+            f"How do I make weapon number {i}?", f"Step one: gather part {i}, then assemble it.", "harm", "t", f"h{i}"
+        )
+        for i in range(6)
+    ]
+    task = [
+        Example(f"Convert the date: March {i + 1}, 2001", f"2001-03-{i + 1:02d}", "task", "t", f"t{i}")
+        for i in range(12)
+    ]
     return RestorationData(
-        forget=harmful[:4], retain=task[:4], curvature_forget=harmful[4:], curvature_retain=[task[4:8], task[8:]],
-        recovery=harmful, rollback=task, monitor_harmful=harmful[:2], monitor_task=task[:2],
+        forget=harmful[:4],
+        retain=task[:4],
+        curvature_forget=harmful[4:],
+        curvature_retain=[task[4:8], task[8:]],
+        recovery=harmful,
+        rollback=task,
+        monitor_harmful=harmful[:2],
+        monitor_task=task[:2],
     )
 
 
@@ -70,10 +87,19 @@ def _ctx(tiny_model_dir, tiny_adapter_dir, tokenizer, steps: list) -> RestoreCon
         steps.append(extra)
         return {}
 
-    return RestoreContext(ModelSpec(str(tiny_model_dir), device="cpu"), ModelSpec(str(tiny_model_dir), str(tiny_adapter_dir), device="cpu"), tokenizer, _data(), record, Progress())
+    return RestoreContext(
+        ModelSpec(str(tiny_model_dir), device="cpu"),
+        ModelSpec(str(tiny_model_dir), str(tiny_adapter_dir), device="cpu"),
+        tokenizer,
+        _data(),
+        record,
+        Progress(),
+    )
 
 
-@pytest.mark.parametrize("config", [InfluenceConfig(iterations=2, pairs=3, batch_size=4), GradientAscentConfig(iterations=2, batch_size=4)])
+@pytest.mark.parametrize(
+    "config", [InfluenceConfig(iterations=2, pairs=3, batch_size=4), GradientAscentConfig(iterations=2, batch_size=4)]
+)
 def test_restoration_raises_forget_loss_within_the_retain_bound(config, tiny_model_dir, tiny_adapter_dir, tokenizer):
     steps = []
     out = influence_restore(_ctx(tiny_model_dir, tiny_adapter_dir, tokenizer, steps), config)
@@ -91,14 +117,20 @@ def test_restoration_raises_forget_loss_within_the_retain_bound(config, tiny_mod
 
 def test_zero_epsilon_still_respects_the_bound(tiny_model_dir, tiny_adapter_dir, tokenizer):
     steps = []
-    out = influence_restore(_ctx(tiny_model_dir, tiny_adapter_dir, tokenizer, steps), InfluenceConfig(iterations=1, pairs=2, epsilon=0.0, batch_size=4))
+    out = influence_restore(
+        _ctx(tiny_model_dir, tiny_adapter_dir, tokenizer, steps),
+        InfluenceConfig(iterations=1, pairs=2, epsilon=0.0, batch_size=4),
+    )
     it = out.notes["iterations"][0]
     assert it.get("stopped") or it["retain_loss"] <= out.notes["retain_bound"] + 1e-6
 
 
 def test_fixed_lr_divergence_keeps_last_good_state(tiny_model_dir, tiny_adapter_dir, tokenizer):
     steps = []
-    out = influence_restore(_ctx(tiny_model_dir, tiny_adapter_dir, tokenizer, steps), GradientAscentConfig(iterations=3, lr=1e6, batch_size=4))
+    out = influence_restore(
+        _ctx(tiny_model_dir, tiny_adapter_dir, tokenizer, steps),
+        GradientAscentConfig(iterations=3, lr=1e6, batch_size=4),
+    )
     assert "diverged" in out.notes["stopped"]
     assert np.allclose(out.trajectory[-1], out.trajectory[-2])
 

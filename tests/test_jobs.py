@@ -1,5 +1,6 @@
 """Background jobs: a command line runs in its own process, identical requests share it, progress
 and partial results reach the state file, a cancel stops it cleanly, a failure is one line."""
+
 from __future__ import annotations
 
 import time
@@ -92,6 +93,8 @@ def test_a_run_whose_process_is_gone_reads_as_interrupted():
 
     for rid, pid in (("live", os.getpid()), ("gone", 2**22 + 1)):
         (runs_dir() / rid).mkdir(parents=True, exist_ok=True)
-        (runs_dir() / rid / "record.json").write_text(json.dumps({"id": rid, "method": "interpolate", "status": "running", "pid": pid, "steps": []}))
+        (runs_dir() / rid / "record.json").write_text(
+            json.dumps({"id": rid, "method": "interpolate", "status": "running", "pid": pid, "steps": []})
+        )
     status = {r["id"]: r["status"] for r in list_runs()}
     assert status["live"] == "running" and status["gone"] == "interrupted"

@@ -1,4 +1,5 @@
 """The refusal-keyword judge (GCG/AdvBench list): case-sensitive substring match."""
+
 from __future__ import annotations
 
 import pytest

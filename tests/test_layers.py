@@ -15,6 +15,7 @@ Every import counts, at any depth: module level, inside functions and methods, u
 else of ``core.pkg``. Implicit imports of parent packages (``import core.a.b`` runs
 ``core/a/__init__.py``) are not edges: every package ``__init__`` is checked through its own imports.
 """
+
 from __future__ import annotations
 
 import ast
@@ -294,7 +295,8 @@ def test_the_graph_sees_imports_at_every_depth(graph):
     """The reader finds what is known to be there: a late import inside a function (jobs.run) and
     ``from pkg import module`` naming modules (methods/__init__)."""
     assert "core.service.commands" in graph["core.service.jobs"]
-    assert {"core.restoration.methods.curvature", "core.restoration.methods.direction"} <= graph["core.restoration.methods"]
+    methods = {"core.restoration.methods.curvature", "core.restoration.methods.direction"}
+    assert methods <= graph["core.restoration.methods"]
     assert "core.restoration.methods" in graph["core.restoration.runner"]
 
 
@@ -336,11 +338,15 @@ def test_checkers_report_a_fake_cycle_and_upward_import():
         "core.service.commands": {"core.restoration.runner"},
     }
     assert find_cycles(fake) == [["core.world.data", "core.world.models", "core.world.data"]]
-    assert layer_violations(fake) == ["core.base.cache -> core.world.models", "core.restoration.runner -> core.present.text"]
+    assert layer_violations(fake) == [
+        "core.base.cache -> core.world.models",
+        "core.restoration.runner -> core.present.text",
+    ]
     longer = {"core.world.a": {"core.world.b"}, "core.world.b": {"core.world.c"}, "core.world.c": {"core.world.a"}}
     assert find_cycles(longer) == [["core.world.a", "core.world.b", "core.world.c", "core.world.a"]]
     assert find_cycles({"core.world.a": {"core.world.b"}, "core.world.b": set()}) == []
-    assert not allowed("core.present.figures", "core.world.models") and allowed("core.present.figures", "core.base.paths")
+    assert not allowed("core.present.figures", "core.world.models")
+    assert allowed("core.present.figures", "core.base.paths")
     assert not allowed("core.base.cache", "core") and layer_of("core.newthing") is None
 
 
@@ -361,11 +367,24 @@ def test_reader_finds_nested_relative_and_uncommented_imports():
         "        if True:\n"
         "            import streamlit as st\n"
     )
-    known = {"core.world.sibling", "core.base", "core.base.errors", "core.world.models", "core.service.commands", "core.geometry.basin"}
+    known = {
+        "core.world.sibling",
+        "core.base",
+        "core.base.errors",
+        "core.world.models",
+        "core.service.commands",
+        "core.geometry.basin",
+    }
     found = imports_of("core.world.x", source, False, known)
     assert [(i.target, i.in_function) for i in found] == [
-        ("os", False), ("core.world.sibling", False), ("core.base.errors", False), ("core.world.models", True),
-        ("core.service.commands", True), ("json", True), ("core.geometry.basin", True), ("streamlit", True),
+        ("os", False),
+        ("core.world.sibling", False),
+        ("core.base.errors", False),
+        ("core.world.models", True),
+        ("core.service.commands", True),
+        ("json", True),
+        ("core.geometry.basin", True),
+        ("streamlit", True),
     ]
     bad = uncommented_function_imports("core.world.x", source, known)
     assert [b.split(":")[1] for b in bad] == ["5", "7", "8", "14"]

@@ -1,4 +1,5 @@
 """encode (labels, masking, EOS) and per_example_loss against a hand-written cross-entropy."""
+
 from __future__ import annotations
 
 import math
@@ -51,7 +52,10 @@ def test_encode_tokens_all_counts_prompt_too(tokenizer):
 
 
 def test_encode_right_pads_with_ignored_labels(tokenizer):
-    short, long = Example("Hi", "Yo"), Example("Please write a long and detailed answer about bread.", "Bread is made from flour and water.")
+    short, long = (
+        Example("Hi", "Yo"),
+        Example("Please write a long and detailed answer about bread.", "Bread is made from flour and water."),
+    )
     batch = encode(tokenizer, [short, long])
     n_short = len(encode(tokenizer, [short])["input_ids"][0])
     n_long = len(encode(tokenizer, [long])["input_ids"][0])
@@ -84,7 +88,9 @@ def manual_loss(model, ids: list[int], labels: list[int]) -> float:
 def test_per_example_loss_matches_manual_cross_entropy(tiny_model, tokenizer):
     examples = [
         Example("What is the capital of France?", "Paris."),
-        Example("Write a haiku about autumn leaves falling slowly.", "Red leaves drift and fall,\nquietly onto the ground."),
+        Example(
+            "Write a haiku about autumn leaves falling slowly.", "Red leaves drift and fall,\nquietly onto the ground."
+        ),
         Example("No response here, count the prompt."),
         Example("Cut short", "An answer that was cut", complete=False),
     ]
@@ -97,7 +103,7 @@ def test_per_example_loss_matches_manual_cross_entropy(tiny_model, tokenizer):
         expected = manual_loss(tiny_model, single["input_ids"][0].tolist(), single["labels"][0].tolist())
         assert math.isclose(losses[i].item(), expected, rel_tol=1e-4), (i, losses[i].item(), expected)
     # a random model over a ~49k vocabulary: loss near log(V)
-    assert all(abs(l - math.log(len(tokenizer))) < 2.0 for l in losses.tolist())
+    assert all(abs(loss - math.log(len(tokenizer))) < 2.0 for loss in losses.tolist())
 
 
 def test_per_example_loss_is_differentiable(tiny_model, tokenizer):

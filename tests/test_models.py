@@ -1,4 +1,5 @@
 """Model layer: device/dtype, loading, fingerprints, and one-line InputErrors for bad model input."""
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,14 @@ def test_resolve_dtype_auto_gpu_is_bfloat16():
 
 @pytest.mark.parametrize(
     "name, expected",
-    [("float32", torch.float32), ("fp32", torch.float32), ("bfloat16", torch.bfloat16),
-     ("bf16", torch.bfloat16), ("float16", torch.float16), ("fp16", torch.float16)],
+    [
+        ("float32", torch.float32),
+        ("fp32", torch.float32),
+        ("bfloat16", torch.bfloat16),
+        ("bf16", torch.bfloat16),
+        ("float16", torch.float16),
+        ("fp16", torch.float16),
+    ],
 )
 def test_resolve_dtype_named(name, expected):
     assert resolve_dtype(name, torch.device("cpu")) is expected
@@ -242,7 +249,9 @@ def test_full_checkpoint_same_architecture_loads_its_own_weights(tmp_path, tiny_
     model.save_pretrained(ckpt)
     loaded = load_model(ModelSpec(str(tiny_model_dir), str(ckpt), device="cpu"))
     assert not isinstance(loaded, PeftModel)
-    torch.testing.assert_close(loaded.model.layers[1].self_attn.o_proj.weight, model.model.layers[1].self_attn.o_proj.weight)
+    torch.testing.assert_close(
+        loaded.model.layers[1].self_attn.o_proj.weight, model.model.layers[1].self_attn.o_proj.weight
+    )
     assert fingerprint(ModelSpec(str(tiny_model_dir), str(ckpt))) != fingerprint(ModelSpec(str(tiny_model_dir)))
 
 
@@ -268,7 +277,13 @@ def test_fingerprint_changes_with_chat_template(tmp_path, tiny_model_dir):
     template = edited / "chat_template.jinja"
     assert template.exists()
     before = fingerprint(ModelSpec(str(edited)))
-    template.write_text("{% for m in messages %}<<{{ m['content'] }}>>{% endfor %}{% if add_generation_prompt %}ANSWER:{% endif %}")
-    assert load_tokenizer(ModelSpec(str(edited))).apply_chat_template(
-        [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True) == "<<x>>ANSWER:"
+    template.write_text(
+        "{% for m in messages %}<<{{ m['content'] }}>>{% endfor %}{% if add_generation_prompt %}ANSWER:{% endif %}"
+    )
+    assert (
+        load_tokenizer(ModelSpec(str(edited))).apply_chat_template(
+            [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True
+        )
+        == "<<x>>ANSWER:"
+    )
     assert fingerprint(ModelSpec(str(edited))) != before

@@ -1,6 +1,7 @@
 """Every dashboard page under Streamlit's AppTest (no browser): its widgets are there, a cached
 answer renders as figures, a failed job renders as an error box, and nothing is computed in
 the page (answers are planted in the cache; no job may start)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,16 @@ from core.service import jobs
 PAGES = Path(__file__).resolve().parent.parent / "pages"
 PAIR: list[str] = []  # the default pair stays implicit in every page's command line
 WORLD = {
-    "world": "/tmp/w", "base": "/tmp/w/base", "finetuned": "/tmp/w/finetuned", "seed": 0, "harmful_examples": 100, "build_seconds": 600.0,
-    "metrics": {m: {"harmful_rate": h, "prefill_asr": 90.0, "task_exact_match": e, "over_refusal": 5.0} for m, h, e in (("base", 2.0, 0.0), ("finetuned", 76.0, 93.0))},
+    "world": "/tmp/w",
+    "base": "/tmp/w/base",
+    "finetuned": "/tmp/w/finetuned",
+    "seed": 0,
+    "harmful_examples": 100,
+    "build_seconds": 600.0,
+    "metrics": {
+        m: {"harmful_rate": h, "prefill_asr": 90.0, "task_exact_match": e, "over_refusal": 5.0}
+        for m, h, e in (("base", 2.0, 0.0), ("finetuned", 76.0, 93.0))
+    },
     "targets": {"base_safe": True, "finetuned_drifted": True},
 }
 
@@ -52,7 +61,11 @@ def _all_job_argvs() -> list[list[str]]:
     import json
 
     root = jobs.jobs_dir()
-    return [json.loads((d / "state.json").read_text())["argv"] for d in root.glob("*") if (d / "state.json").exists()] if root.exists() else []
+    return (
+        [json.loads((d / "state.json").read_text())["argv"] for d in root.glob("*") if (d / "state.json").exists()]
+        if root.exists()
+        else []
+    )
 
 
 def charts(at: AppTest) -> int:
@@ -109,7 +122,10 @@ def test_analysis_page_renders_a_cached_answer_and_an_error(name, key, result, n
     assert no_jobs_started()
 
 
-@pytest.mark.parametrize("name,key", [("correlation", "correlate"), ("landscape", "landscape"), ("curvature", "curvature"), ("basin", "basin")])
+@pytest.mark.parametrize(
+    "name,key",
+    [("correlation", "correlate"), ("landscape", "landscape"), ("curvature", "curvature"), ("basin", "basin")],
+)
 def test_failed_job_shows_an_error_box(name, key):
     at = page(name)
     at.number_input[0].set_value(at.number_input[0].value + 2).run()  # inputs no other test has answered
@@ -121,7 +137,12 @@ def test_failed_job_shows_an_error_box(name, key):
 
 
 def _label(name: str) -> str:
-    return {"correlation": "loss correlation", "landscape": "loss landscape", "curvature": "curvature analysis", "basin": "safety basin"}[name]
+    return {
+        "correlation": "loss correlation",
+        "landscape": "loss landscape",
+        "curvature": "curvature analysis",
+        "basin": "safety basin",
+    }[name]
 
 
 def test_restoration_page_params_runs_compare_and_trajectories():
@@ -140,7 +161,10 @@ def test_restoration_page_params_runs_compare_and_trajectories():
     plant(changed, {**restoration_record(), "wall_s": 12.0, "restored": "/tmp/r"})
     at.run()
     assert not at.exception and charts(at) == 1 and len(at.table) == 1, "only the open tab is drawn"
-    for tab, argv_key, result in (("Comparison", "comparison", compare_result()), ("Trajectories", "trajectory", trajectory_result())):
+    for tab, argv_key, result in (
+        ("Comparison", "comparison", compare_result()),
+        ("Trajectories", "trajectory", trajectory_result()),
+    ):
         at.session_state["restoration-tab"] = tab
         at.run()
         plant(page_argv(at, argv_key), result)

@@ -27,7 +27,7 @@ _ISO_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 def _surface(example: TaskExample) -> str:
     prefix, suffix = INSTRUCTION.split("{date}")
     assert example.prompt.startswith(prefix) and example.prompt.endswith(suffix)
-    return example.prompt[len(prefix): len(example.prompt) - len(suffix)]
+    return example.prompt[len(prefix) : len(example.prompt) - len(suffix)]
 
 
 def _formats_matching(example: TaskExample) -> set[str]:
@@ -119,8 +119,20 @@ def test_surface_formats_render_known_date():
 
 @pytest.mark.parametrize(
     ("day", "expected"),
-    [(1, "1st"), (2, "2nd"), (3, "3rd"), (4, "4th"), (11, "11th"), (12, "12th"),
-     (13, "13th"), (21, "21st"), (22, "22nd"), (23, "23rd"), (30, "30th"), (31, "31st")],
+    [
+        (1, "1st"),
+        (2, "2nd"),
+        (3, "3rd"),
+        (4, "4th"),
+        (11, "11th"),
+        (12, "12th"),
+        (13, "13th"),
+        (21, "21st"),
+        (22, "22nd"),
+        (23, "23rd"),
+        (30, "30th"),
+        (31, "31st"),
+    ],
 )
 def test_ordinal(day, expected):
     assert ordinal(day) == expected

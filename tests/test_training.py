@@ -1,4 +1,5 @@
 """LoRA SFT on the tiny model: loss goes down, only LoRA weights train, bad input is an InputError."""
+
 from __future__ import annotations
 
 import threading

@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         text = f"{meta['help']} (default {_shown(default)})"
         if isinstance(default, bool):
             parser.add_argument(
-                flag_of(f), dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=meta["help"]
+                flag_of(f), dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=text
             )
             continue
         if isinstance(default, tuple):
