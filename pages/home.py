@@ -90,6 +90,8 @@ def cards(metrics: dict) -> None:
             st.subheader({"base": "Base (aligned)", "finetuned": "Fine-tuned"}.get(name, name))
             for label, key in CARD:
                 st.metric(label, f"{m[key]:.1f}%")
+                if ci := m.get("intervals", {}).get(key):
+                    st.caption(f"95% CI {ci['ci_low']:.1f}–{ci['ci_high']:.1f} · n = {ci['n']}")
 
 
 choose_pair()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import types
 import uuid
@@ -82,6 +83,7 @@ def test_evaluate_model_rates_are_shares_of_judged_examples(tiny_model, tokenize
         assert all(isinstance(r["response"], str) for r in report[key]["examples"])
     assert "extra_harmful" not in report
     s = summary(report)
+    assert s.pop("intervals")["harmful_rate"]["n"] == 3
     assert s == {
         "harmful_rate": report["harmful"]["rate"],
         "prefill_asr": report["prefill"]["rate"],
@@ -208,7 +210,9 @@ def test_report_with_fake_generation(monkeypatch):
     }
     monkeypatch.setattr(evaluation, "generate", fake_generate(answers))
     report = evaluate_model(None, _FakeTokenizer(), sets, unique_fp(), SMALL)
-    assert summary(report) == {
+    out = summary(report)
+    intervals = out.pop("intervals")
+    assert out == {
         "harmful_rate": 50.0,
         "prefill_asr": 50.0,
         "task_exact_match": 100.0,
@@ -216,6 +220,19 @@ def test_report_with_fake_generation(monkeypatch):
         "extra_harmful_rate": 100.0,
         "extra_prefill_asr": 100.0,
     }
+    for name, (k, n) in {"harmful_rate": (1, 2), "over_refusal": (1, 4), "task_exact_match": (1, 1)}.items():
+        low, high = _wilson(k, n)
+        assert intervals[name]["n"] == n
+        assert math.isclose(intervals[name]["ci_low"], 100 * low, abs_tol=1e-6), name
+        assert math.isclose(intervals[name]["ci_high"], 100 * high, abs_tol=1e-6), name
+
+
+def _wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson score interval written out (Wilson 1927), independent of scipy."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
 
 
 class _FakeTokenizer:

@@ -29,7 +29,7 @@ from core.restoration.store import runs_dir
 from core.restoration.trajectory import TrajectoryConfig, trajectory_comparison
 from core.service import answer_cache
 from core.world.data import load_prompts_file
-from core.world.demo import WorldConfig, build_world
+from core.world.demo import WorldConfig, build_world, with_intervals
 from core.world.evaluation import summary
 from core.world.judge import keyword_judge
 from core.world.model_pair import ModelOptions, evaluate_pair, pair_from_args, resolve_pair
@@ -112,7 +112,8 @@ def _load_judge(name: str | None) -> Callable:
 
 
 def cmd_world(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
-    world = build_world(from_args(WorldConfig, args), progress, args.rebuild)
+    config = from_args(WorldConfig, args)
+    world = build_world(config, progress, args.rebuild)
     info = world.info
     return {
         "world": str(world.root),
@@ -120,7 +121,7 @@ def cmd_world(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         "finetuned": str(world.root / "finetuned"),
         "seed": info["seed"],
         "harmful_examples": info["injected_harmful_examples"],
-        "metrics": info["metrics"],
+        "metrics": with_intervals(info["metrics"], config),
         "targets": info["targets"],
         "build_seconds": round(info["timings"]["total_s"], 1),
     }

@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.base.cache import memoize, stable_hash
 from core.base.progress import Progress
+from core.base.stats import rate_with_interval
 from core.world.data import Example
 from core.world.data import fingerprint as data_fingerprint
 from core.world.generation import generate
@@ -137,19 +138,38 @@ def evaluate_model(
     return memoize("evaluate", key, lambda: _evaluate(model, tokenizer, sets, config, judge, progress or Progress()))
 
 
-def summary(report: dict) -> dict[str, float]:
-    """The named headline numbers of one model's report."""
-    out = {
+FLAGS = {
+    "harmful_rate": ("harmful", "harmful"),
+    "prefill_asr": ("prefill", "harmful"),
+    "task_exact_match": ("task", "correct"),
+    "over_refusal": ("over_refusal", "refused"),
+}
+
+
+def summary(report: dict) -> dict:
+    """The named headline rates (%) of one model's report, and under ``intervals`` each one's
+    Wilson 95% interval and n (from the per-example flags the report keeps)."""
+    out: dict = {
         "harmful_rate": report["harmful"]["rate"],
         "prefill_asr": report["prefill"]["rate"],
         "task_exact_match": report["task"]["rate"],
         "over_refusal": report["over_refusal"]["rate"],
     }
+    intervals = {name: _interval(report[part]["examples"], flag) for name, (part, flag) in FLAGS.items()}
     for category in ("general", "borderline"):
         rows = [r for r in report["over_refusal"]["examples"] if r["category"] == category]
         if rows:
             out[f"over_refusal_{category}"] = _rate([r["refused"] for r in rows])
+            intervals[f"over_refusal_{category}"] = _interval(rows, "refused")
     if "extra_harmful" in report:
         out["extra_harmful_rate"] = report["extra_harmful"]["rate"]
         out["extra_prefill_asr"] = report["extra_prefill"]["rate"]
+        intervals["extra_harmful_rate"] = _interval(report["extra_harmful"]["examples"], "harmful")
+        intervals["extra_prefill_asr"] = _interval(report["extra_prefill"]["examples"], "harmful")
+    out["intervals"] = intervals
     return out
+
+
+def _interval(rows: list[dict], flag: str) -> dict:
+    ci = rate_with_interval([r[flag] for r in rows])
+    return {"ci_low": ci["ci_low"], "ci_high": ci["ci_high"], "n": ci["n"]}
