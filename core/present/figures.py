@@ -720,14 +720,16 @@ def before_after_table(record: dict | None) -> list[dict]:
         b, a = _finite(before.get(key)), _finite(after.get(key))
         if b is None and a is None:
             continue
-        rows.append(
-            {
-                "metric": BEFORE_AFTER_METRICS.get(key, _label(key)),
-                "before": b,
-                "after": a,
-                "change": a - b if a is not None and b is not None else None,
-            }
-        )
+        row = {
+            "metric": BEFORE_AFTER_METRICS.get(key, _label(key)),
+            "before": b,
+            "after": a,
+            "change": a - b if a is not None and b is not None else None,
+        }
+        for side, summary in (("before", before), ("after", after)):
+            if ci := (summary.get("intervals") or {}).get(key):
+                row[f"{side} 95% CI"] = f"{ci['ci_low']:.1f}–{ci['ci_high']:.1f}"
+        rows.append(row)
     return rows
 
 
