@@ -50,7 +50,7 @@ CURVATURE_INPUTS = {
     "Drift-monitor steps (0: skip)": 2,
     "Probe every (steps)": 1,
 }
-CURVATURE_ARGS = "--k 1 --samples 1 --params lora --drift-steps 2 --every 1"
+CURVATURE_ARGS = "--k 1 --samples 1 --drift-steps 2 --every 1"  # only values that differ from the defaults
 
 
 # ---------------------------------------------------------------------------- the server
