@@ -98,3 +98,33 @@ def test_a_run_whose_process_is_gone_reads_as_interrupted():
         )
     status = {r["id"]: r["status"] for r in list_runs()}
     assert status["live"] == "running" and status["gone"] == "interrupted"
+
+
+def test_identical_submits_at_once_start_one_process(tiny_model_dir, tiny_adapter_dir):
+    """Eight simultaneous clicks on the same request: one process, every caller sees its pid."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    argv = ["landscape", *_pair(tiny_model_dir, tiny_adapter_dir), "--grid", "29", "--samples", "4"]
+    with ThreadPoolExecutor(8) as pool:
+        states = list(pool.map(lambda _: jobs.submit(argv), range(8)))
+    spawned = (jobs._dir(argv) / "spawned").read_text().split()
+    assert len(spawned) == 1, spawned
+    assert {s.pid for s in states if s.pid} <= {int(spawned[0])}
+    jobs.cancel(argv)
+    assert _wait(argv).status == "cancelled"
+
+
+def test_a_second_model_job_waits_in_line(tiny_model_dir, tiny_adapter_dir):
+    """With one slot (the default), a second computing job is queued with its place, and a cancel
+    while queued ends it cleanly."""
+    first = ["landscape", *_pair(tiny_model_dir, tiny_adapter_dir), "--grid", "27", "--samples", "4"]
+    second = ["landscape", *_pair(tiny_model_dir, tiny_adapter_dir), "--grid", "23", "--samples", "4"]
+    jobs.submit(first)
+    _wait(first, until=lambda s: s.status == "running" or not s.active)
+    jobs.submit(second)
+    queued = _wait(second, until=lambda s: s.status == "queued" or not s.active)
+    assert queued.status == "queued" and "place 1 of 1" in queued.message, queued
+    jobs.cancel(second)
+    assert _wait(second).status == "cancelled"
+    jobs.cancel(first)
+    assert _wait(first).status == "cancelled"
