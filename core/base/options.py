@@ -9,6 +9,7 @@ and the pages read the dataclasses, so a default is written once.
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import MISSING, Field, field, fields
 from typing import Any
 
@@ -54,6 +55,22 @@ def _list_of(item: type):
     return parse
 
 
+def _bounded(kind: type, low: float | None, high: float | None):
+    """An argparse type: ``kind`` of the raw text, finite, and within [low, high] where given."""
+
+    def parse(raw: str):
+        value = kind(raw)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{raw} is not a finite number")
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+            raise argparse.ArgumentTypeError(f"{raw} is outside {bounds}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its "invalid int value" message
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one option per user field of ``cls``; ``dest`` is the field name."""
     for f in user_fields(cls):
@@ -67,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if isinstance(default, tuple):
             kind = _list_of(type(default[0]) if default else str)
         else:
-            kind = type(default) if default is not None else str
+            kind = _bounded(type(default) if default is not None else str, meta["low"], meta["high"])
         parser.add_argument(flag_of(f), dest=f.name, type=kind, default=default, choices=meta["choices"], help=text)
 
 

@@ -14,6 +14,8 @@ from core.world.evaluation import evaluate_model
 from core.world.judge import Judge, keyword_judge
 from core.world.models import ModelSpec, fingerprint, load_model, load_tokenizer, validate
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
 
 @dataclass(frozen=True)
 class ModelOptions:
@@ -23,8 +25,8 @@ class ModelOptions:
     finetuned: str | None = option(
         None, "fine-tuned model: PEFT adapter directory on --base, or a full checkpoint directory"
     )
-    device: str = option("auto", "auto, cpu, cuda, cuda:1, mps")
-    dtype: str = option("auto", "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    dtype: str = option("auto", "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16", choices=DTYPES)
     trust_remote_code: bool = option(False, "allow model code from the checkpoint (off by default)")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,14 +46,31 @@ class ModelSpec:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """cuda, then mps, then cpu, unless ``device`` names one."""
+    """cuda, then mps, then cpu, unless ``device`` names one (checked: it must exist here)."""
     if device != "auto":
-        return torch.device(device)
+        return check_device(device)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def check_device(device: str) -> torch.device:
+    """``device`` as a torch device, or a one-line error when it is malformed or absent here."""
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+        raise InputError(f"Unknown device '{device}'.", "use auto, cpu, cuda, cuda:N or mps.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(
+            f"Device '{device}' was asked for, but this machine has no CUDA device.", "use --device cpu or auto."
+        )
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise InputError(
+            f"Device '{device}' does not exist ({torch.cuda.device_count()} CUDA devices).", "use cuda:0 or auto."
+        )
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError("Device 'mps' was asked for, but MPS is not available here.", "use --device cpu or auto.")
+    return torch.device(device)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -150,11 +168,17 @@ def resolve_base(base: str) -> str:
 
 
 def fingerprint(spec: ModelSpec) -> str:
-    """Stable content fingerprint of the model ``spec`` describes (weights, not paths)."""
+    """Stable content fingerprint of the model ``spec`` describes (weights, not paths) and of the
+    precision it runs in (device kind and dtype: bf16 answers differ from fp32 ones; the thread
+    count does not enter)."""
     base = resolve_base(spec.base)
     base_fp = dir_fingerprint(Path(base)) if Path(base).is_dir() else f"hub:{base}"
     ft_fp = dir_fingerprint(Path(spec.finetuned)) if spec.finetuned else None
-    return stable_hash(base_fp, ft_fp)
+    device = resolve_device(spec.device)
+    precision = f"{device.type}/{str(resolve_dtype(spec.dtype, device)).removeprefix('torch.')}"
+    if precision == "cpu/float32":  # the original key: answers computed before precision was keyed stay valid
+        return stable_hash(base_fp, ft_fp)
+    return stable_hash(base_fp, ft_fp, precision)
 
 
 def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
