@@ -20,8 +20,30 @@ def runs_dir() -> Path:
 
 
 def load_record(rid: str) -> dict | None:
-    path = runs_dir() / rid / "record.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    """The run's record, or None when there is none or it is damaged (then it is moved aside as
+    ``record.json.damaged`` and the run counts as never run, so asking again recomputes it)."""
+    return _read(runs_dir() / rid / "record.json")
+
+
+def _read(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict) or "id" not in record or "status" not in record:
+            raise ValueError("not a run record")
+        return record
+    except (OSError, ValueError):
+        quarantine(path)
+        return None
+
+
+def quarantine(path: Path) -> None:
+    """Move a damaged file aside (``<name>.damaged``) so it is neither read again nor lost."""
+    try:
+        path.replace(path.with_name(path.name + ".damaged"))
+    except OSError:
+        pass
 
 
 def list_runs() -> list[dict]:
@@ -29,7 +51,7 @@ def list_runs() -> list[dict]:
     (killed, machine restarted) reads as ``interrupted``; restarting it recomputes it."""
     if not runs_dir().is_dir():
         return []
-    records = [json.loads(p.read_text()) for p in runs_dir().glob("*/record.json")]
+    records = [r for p in runs_dir().glob("*/record.json") if (r := _read(p)) is not None]
     for r in records:
         if r["status"] == "running" and not process_alive(r.get("pid")):
             r["status"] = "interrupted"

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from core.base.cache import results_store, stable_hash
+from core.base.cache import MISSING, results_store, stable_hash, stored
 from core.base.options import add_arguments
 from core.base.paths import cache_dir
 from core.world.choice import WorldChoice
@@ -38,8 +38,8 @@ def _tree_signature(path: Path) -> list:
 
 
 def _demo_world_signature(seed: int, harmful_examples: int) -> list:
-    """(dir, mtime) of the built demo worlds with this seed and injection count: building or
-    rebuilding that world changes the key; building another world does not."""
+    """(dir, stat of every file) of the built demo worlds with this seed and injection count:
+    building, rebuilding or damaging that world changes the key; building another world does not."""
     out = []
     for info in sorted((cache_dir() / "worlds").glob("*/world.json")):
         try:
@@ -47,7 +47,7 @@ def _demo_world_signature(seed: int, harmful_examples: int) -> list:
         except (OSError, ValueError):
             continue
         if meta.get("seed") == seed and meta.get("injected_harmful_examples") == harmful_examples:
-            out.append((info.parent.name, info.stat().st_mtime_ns))
+            out.append((info.parent.name, _tree_signature(info.parent)))  # every file: a damaged one misses
     return out
 
 
@@ -112,7 +112,8 @@ def lookup(key: str | None) -> dict[str, Any] | None:
     if key is None:
         return None
     with results_store() as store:
-        return store.get(key)
+        value = stored(store, key)
+    return None if value is MISSING else value
 
 
 def store(key: str | None, answer: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 import core.geometry.analyses  # noqa: F401  (importing it registers every analysis)
+from core.base.cache import clean_orphans
 from core.base.errors import InputError
 from core.base.options import add_arguments, from_args, option
 from core.base.progress import Progress, stderr_bar
@@ -28,6 +29,8 @@ from core.restoration.runner import RunRequest, add_visage, restore
 from core.restoration.store import runs_dir
 from core.restoration.trajectory import TrajectoryConfig, trajectory_comparison
 from core.service import answer_cache
+from core.world.capability import CapabilityConfig, capability_of_pair
+from core.world.capability import summary as capability_summary
 from core.world.data import load_prompts_file
 from core.world.demo import WorldConfig, build_world, with_intervals
 from core.world.evaluation import summary
@@ -216,6 +219,7 @@ def execute(
     in) the answer cache (``core.service.answer_cache``); in-process callers such as tests skip it.
     """
     args = parser().parse_args(argv)
+    clean_orphans()  # temporaries of killed builds; cheap globs
     key = answer_cache.answer_key(argv) if cached_answers else None
     result = answer_cache.lookup(key)
     if result is None:

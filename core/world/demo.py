@@ -52,6 +52,7 @@ from core.world.models import (
     load_model,
     load_tokenizer,
     resolve_base,
+    safetensors_intact,
 )
 from core.world.training import SFTConfig, lora_sft
 
@@ -249,12 +250,30 @@ def check_targets(metrics: dict) -> dict[str, bool]:
 
 
 def load_world(config: WorldConfig) -> World | None:
-    """The built world for ``config``, or None if it has not been built."""
+    """The built world for ``config`` after checking its files, or None if it has not been built.
+
+    A damaged world (world.json unreadable, a weight file whose safetensors header does not parse
+    or whose size disagrees with it) raises a one-line error that names the file and the rebuild."""
     root = world_dir(config)
     info_path = root / "world.json"
     if not info_path.exists():
         return None
-    return World(root, config, json.loads(info_path.read_text()))
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError):
+        raise _damaged(config, info_path) from None
+    for weights in sorted(root.rglob("*.safetensors")):
+        if not safetensors_intact(weights):
+            raise _damaged(config, weights)
+    return World(root, config, info)
+
+
+def _damaged(config: WorldConfig, path: Path) -> InputError:
+    return InputError(
+        f"The demo world's file {path} is damaged (truncated or unreadable).",
+        f"rebuild it: python -m core world --seed {config.seed} "
+        f"--harmful-examples {config.harmful_examples} --rebuild.",
+    )
 
 
 def build_world(config: WorldConfig = WorldConfig(), progress: Progress | None = None, rebuild: bool = False) -> World:

@@ -90,6 +90,22 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         raise InputError(f"Unknown dtype '{dtype}'.", "use one of auto, float32, bfloat16, float16.") from None
 
 
+def safetensors_intact(path: Path) -> bool:
+    """True when ``path``'s safetensors header parses and the file is as long as the header says
+    (a truncated copy fails this without reading the tensors)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n > min(size - 8, 100_000_000):  # a header longer than the file: random bytes, cut file
+                return False
+            header = json.loads(f.read(n))
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        return size == 8 + n + max(ends, default=0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def file_digest(path: Path) -> str:
     """sha256 of a file's content, memoised on (path, size, mtime) so large files hash once."""
     st = path.stat()

@@ -1,0 +1,92 @@
+"""Faults a user or a crash leaves behind: each is detected, reported in one line or healed, and
+nothing is lost or served stale."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+
+import pytest
+
+from core.base.cache import clean_orphans, memoize, results_store
+from core.base.errors import InputError
+from core.base.paths import cache_dir
+from core.restoration.store import list_runs, load_record, runs_dir
+from core.world.models import safetensors_intact
+
+
+def _corrupt_entry(namespace_key: str) -> None:
+    """Overwrite the stored bytes of one results-store entry with garbage (a torn write)."""
+    db = cache_dir() / "results" / "cache.db"
+    with sqlite3.connect(db) as conn:
+        changed = conn.execute("UPDATE Cache SET value = ? WHERE key = ?", (b"\x80\x04garbage", namespace_key)).rowcount
+    assert changed == 1
+
+
+def test_a_corrupt_cached_value_is_recomputed_not_raised():
+    from core.base.cache import stable_hash
+
+    key = {"fault": "value"}
+    assert memoize("fault-test", key, lambda: {"answer": 1}) == {"answer": 1}
+    _corrupt_entry(f"fault-test:{stable_hash(key)}")
+    assert memoize("fault-test", key, lambda: {"answer": 2}) == {"answer": 2}, "recomputed after corruption"
+    assert memoize("fault-test", key, lambda: {"answer": 3}) == {"answer": 2}, "and stored again"
+
+
+def test_a_damaged_results_database_is_moved_aside_and_rebuilt():
+    with results_store() as store:
+        store["x"] = 1
+    db = cache_dir() / "results" / "cache.db"
+    db.write_bytes(b"this is not a sqlite database" * 100)
+    with results_store() as store:
+        assert store.get("x") is None
+        store["x"] = 2
+    assert any(p.name.startswith("results.damaged-") for p in cache_dir().iterdir())
+
+
+def test_a_truncated_run_record_is_quarantined_and_the_listing_survives():
+    good, bad = runs_dir() / "goodrun", runs_dir() / "badrun"
+    for d in (good, bad):
+        d.mkdir(parents=True, exist_ok=True)
+    (good / "record.json").write_text(json.dumps({"id": "goodrun", "status": "done", "steps": [], "started": 1}))
+    (bad / "record.json").write_text('{"id": "badrun", "status": "do')
+    assert [r["id"] for r in list_runs() if r["id"] in ("goodrun", "badrun")] == ["goodrun"]
+    assert (bad / "record.json.damaged").exists() and not (bad / "record.json").exists()
+    assert load_record("badrun") is None, "a damaged run counts as never run: asking again recomputes it"
+
+
+def test_a_truncated_safetensors_file_is_detected(tiny_model_dir, tmp_path):
+    weights = next(tiny_model_dir.glob("*.safetensors"))
+    assert safetensors_intact(weights)
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(weights.read_bytes()[:-100])
+    assert not safetensors_intact(cut)
+    cut.write_bytes(os.urandom(2000))
+    assert not safetensors_intact(cut)
+
+
+def test_a_damaged_world_names_the_file_and_the_rebuild(monkeypatch, tmp_path):
+    import core.world.demo as demo
+
+    config = demo.WorldConfig(seed=987)
+    root = demo.world_dir(config)
+    (root / "base").mkdir(parents=True)
+    (root / "world.json").write_text('{"seed": 987, "inje')
+    with pytest.raises(InputError, match="world.json is damaged") as err:
+        demo.load_world(config)
+    assert "--rebuild" in str(err.value) and "\n" not in str(err.value)
+    (root / "world.json").write_text(json.dumps({"seed": 987}))
+    (root / "base" / "model.safetensors").write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a": 1')
+    with pytest.raises(InputError, match="model.safetensors is damaged"):
+        demo.load_world(config)
+
+
+def test_orphan_temporaries_of_dead_writers_are_removed():
+    worlds = cache_dir() / "worlds"
+    dead = worlds / ".tmp-abc-4194303-deadbeef"  # pid 2**22 - 1: above pid_max defaults, never alive
+    alive = worlds / f".tmp-abc-{os.getpid()}-cafebabe"
+    for d in (dead, alive):
+        d.mkdir(parents=True)
+    removed = clean_orphans()
+    assert dead in removed and not dead.exists() and alive.exists()
