@@ -68,6 +68,9 @@ def _pair_problem(base: str, finetuned: str) -> InputError | None:
     """A missing base or a local path that does not exist, caught before any job starts."""
     if not base:
         return InputError("No base model given.", "enter a Hugging Face id or a local directory.")
+    for value, what in ((base, "base"), (finetuned, "fine-tuned")):
+        if value and (problem := ui.path_problem(value, what)):
+            return problem
     if _looks_local(finetuned) and not Path(finetuned).expanduser().exists():
         return InputError(
             f"Fine-tuned path '{finetuned}' does not exist.", "enter an existing adapter or checkpoint directory."
@@ -96,7 +99,9 @@ def cards(metrics: dict) -> None:
 
 choose_pair()
 if ui.is_demo():
-    world = ui.analysis(["world", *ui.pair_args(models=False)], "demo world build", autostart=True)
+    world_args = ui.pair_args(models=False)
+    # Only the default world builds by itself (make run's first look); a link never starts other work.
+    world = ui.analysis(["world", *world_args], "demo world build", autostart=not world_args)
     if world:
         cards(world["metrics"])
         met = world["targets"]

