@@ -1,4 +1,4 @@
-# Two commands for a newcomer: `make run` (install, build the demo world, start the dashboard)
+# Two commands for a newcomer: `make run` (install, start the dashboard; Home builds the demo world in the background)
 # and `make test` (install, build the demo world, run the tests).
 PYTHON ?= python3
 VENV   := .venv
@@ -19,7 +19,7 @@ $(STAMP): requirements.txt requirements-assets.txt
 world: install
 	$(BIN)/python -m core world
 
-run: world
+run: install
 	$(BIN)/streamlit run app.py --server.address 127.0.0.1 --server.port 8501 --server.headless true --browser.gatherUsageStats false
 
 test: world

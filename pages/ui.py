@@ -171,6 +171,18 @@ def page_header(title: str, what: str) -> None:
     st.caption(f"{what}  \n{plain(pair_caption())}")
     for err in st.session_state.get("url_errors", []):
         error_box(err)
+    if is_demo():
+        _world_notice()
+
+
+def _world_notice() -> None:
+    """While the demo world is being built, every page says that its analyses wait for it."""
+    state = jobs.status(["world", *pair_args(models=False)])
+    if state.active:
+        eta = f", about {state.eta_s / 60:.0f} min left" if state.eta_s else ""
+        st.info(
+            f"The demo world is being built ({state.fraction * 100:.0f}%{eta}); analyses of it start once it exists."
+        )
 
 
 # ---------------------------------------------------------------------------- jobs
