@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence, TypeVar
+from typing import Iterable, Mapping, Sequence, TypeVar
 
+import numpy as np
 import torch
 
 T = TypeVar("T")
@@ -25,3 +26,15 @@ def cosine(a: torch.Tensor | Mapping[str, torch.Tensor], b: torch.Tensor | Mappi
 def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     """``items`` cut into consecutive batches of ``size`` (the last may be shorter)."""
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def to_host(t: torch.Tensor, dtype: torch.dtype = torch.float32) -> np.ndarray:
+    """The one device-to-host transfer of the engine: a detached copy as a numpy array (fp32 by
+    default), from any device. Code elsewhere never calls ``.numpy()`` on a tensor that may live
+    on an accelerator (tests/test_device_agnostic.py checks the source)."""
+    return t.detach().to(device="cpu", dtype=dtype).numpy()
+
+
+def flat(tensors: Iterable[torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Tensors flattened and concatenated in ``dtype`` on their (common) device."""
+    return torch.cat([t.reshape(-1).to(dtype) for t in tensors])

@@ -72,7 +72,7 @@ def _contour(
     for i, y in enumerate(ys):
         for j, x in enumerate(xs):
             theta = pca.inverse_transform(np.array([[x, y]]))[0]
-            obj.set(torch.from_numpy(theta.astype(np.float32)))
+            obj.set(torch.from_numpy(theta.astype(np.float32)))  # set() copies onto the model's device
             values[i, j] = obj.loss(forget) - obj.loss(retain)
         progress.update(
             (i + 1) / config.grid, f"contour row {i + 1}/{config.grid}", {"row": i, "values": values[i].tolist()}

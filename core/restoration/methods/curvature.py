@@ -36,9 +36,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from core.base.errors import InputError
+from core.base.tensors import flat, to_host
 from core.restoration.context import RestoreContext
 from core.restoration.distances import delta_distances, lora_deltas
 from core.restoration.registry import RestoreOutput, register
@@ -91,10 +91,16 @@ class LoraObjective:
         return self._batches[key]
 
     def get(self) -> torch.Tensor:
-        return parameters_to_vector(self.params).detach().clone()
+        """The flat LoRA vector in fp32 on the parameters' device (L-BFGS algebra never runs in bf16)."""
+        return flat(p.detach() for p in self.params)
 
+    @torch.no_grad()
     def set(self, theta: torch.Tensor) -> None:
-        vector_to_parameters(theta, self.params)
+        """Write a flat vector (any device, any float dtype) into the parameters, cast once per tensor."""
+        start = 0
+        for p in self.params:
+            p.copy_(theta[start : start + p.numel()].view_as(p))
+            start += p.numel()
 
     def loss(self, examples: list[Example]) -> float:
         with torch.no_grad():
@@ -107,7 +113,7 @@ class LoraObjective:
             for acc, g in zip(grads, torch.autograd.grad(loss, self.params)):
                 acc += g
             total += float(loss.detach())
-        return total, parameters_to_vector(grads)
+        return total, flat(grads)
 
 
 @dataclass
@@ -219,7 +225,7 @@ def influence_restore(ctx: RestoreContext, config: InfluenceConfig) -> RestoreOu
     retain_ft = obj.loss(data.retain)
     bound = retain_ft + config.epsilon
     forget_now = obj.loss(data.forget)
-    snapshots = [theta_ft.numpy().copy()]
+    snapshots = [to_host(theta_ft)]
     notes: dict = {"retain_loss_finetuned": retain_ft, "retain_bound": bound, "iterations": []}
     ctx.record_step(
         model,
@@ -233,7 +239,7 @@ def influence_restore(ctx: RestoreContext, config: InfluenceConfig) -> RestoreOu
         info = _iteration(obj, data, curvature_sets, config, it, radius, probe_radius, bound, stage)
         notes["iterations"].append(info)
         radius = info["next_radius"]
-        snapshots.append(obj.get().numpy().copy())
+        snapshots.append(to_host(obj.get()))
         ctx.record_step(
             model,
             iteration=it + 1,
