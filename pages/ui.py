@@ -17,6 +17,7 @@ from core.base.options import argv_for, default_of, defaults, user_fields
 from core.base.paths import inside_allowed_roots
 from core.present import export
 from core.present.figures import apply_theme
+from core.present.text import readable
 from core.service import jobs
 from core.world.choice import WorldChoice
 
@@ -289,4 +290,4 @@ def _exporter(fig: go.Figure, fmt: str) -> Callable[[], bytes]:
 def table(rows: list[dict]) -> None:
     """A small static table: lighter in a cold browser tab than the interactive data grid."""
     if rows:
-        st.table(rows, border="horizontal", hide_index=True)
+        st.table(readable(rows), border="horizontal", hide_index=True)

@@ -138,3 +138,12 @@ def test_report_json_round_trips(figure):
     assert data["sections"][0]["tables"]["r per set"] == [{"set": "harmful", "r": 0.8, "ok": True}]
     assert data["sections"][1]["numbers"] == {"nan": None, "nested": {"x": [1, 2]}}
     assert json.loads(report_json([])) == {"sections": []}
+
+
+def test_tables_are_written_for_people():
+    from core.present.text import readable
+
+    rows = readable([{"model": "curvature", "harmful_rate": 19.0, "wall_s": 504.33, "r": 0.99441, "p": float("nan")}])
+    assert rows == [
+        {"Model": "curvature", "Harmful rate (%)": "19.0", "Wall time (s)": "504.3", "R": "0.994", "P": "n/a"}
+    ]

@@ -26,6 +26,7 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from core.base.errors import InputError
+from core.present.text import readable
 
 DEFAULT_BROWSER = "/usr/bin/chromium"
 BROWSER_FIX = "apt-get install chromium, or set BROWSER_PATH to a Chrome/Chromium executable."
@@ -182,7 +183,7 @@ def _section_html(section: Section, index: int) -> str:
     parts = [f'<section id="section-{index + 1}">', f"<h2>{html.escape(section.title)}</h2>"]
     parts += [f"<p>{html.escape(p.strip())}</p>" for p in section.text.split("\n\n") if p.strip()]
     parts += [_figure_html(fig) for fig in section.figures]
-    parts += [_table_html(name, rows) for name, rows in section.tables.items()]
+    parts += [_table_html(name, readable(rows)) for name, rows in section.tables.items()]
     if section.numbers:
         numbers = html.escape(json.dumps(_jsonable(section.numbers), indent=2))
         parts.append(f"<details><summary>Numbers</summary><pre>{numbers}</pre></details>")

@@ -34,3 +34,36 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+COLUMN_NAMES = {
+    "model": "Model",
+    "harmful_rate": "Harmful rate (%)",
+    "prefill_asr": "Prefill attack success (%)",
+    "task_exact_match": "Task exact match (%)",
+    "over_refusal": "Over-refusal (%)",
+    "over_refusal_general": "Over-refusal, general (%)",
+    "over_refusal_borderline": "Over-refusal, borderline (%)",
+    "extra_harmful_rate": "Harmful rate, your prompts (%)",
+    "extra_prefill_asr": "Prefill attack success, your prompts (%)",
+    "visage": "VISAGE",
+    "wall_s": "Wall time (s)",
+}
+
+
+def readable(rows: list[dict]) -> list[dict]:
+    """Table rows as a person reads them: column names in words with units, rates and times to one
+    decimal, other numbers to 3 significant digits (machine-readable numbers stay in the JSON)."""
+    return [{_column(k): _cell(_column(k), v) for k, v in row.items()} for row in rows]
+
+
+def _column(key: str) -> str:
+    return COLUMN_NAMES.get(key) or (key[:1].upper() + key[1:]).replace("_", " ")
+
+
+def _cell(column: str, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, float):
+        return value
+    if value != value:  # NaN
+        return "n/a"
+    return f"{value:.1f}" if column.endswith(("(%)", "(s)")) else f"{value:.3g}"
