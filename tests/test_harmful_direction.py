@@ -177,6 +177,7 @@ def _context(tiny_model_dir, tiny_adapter_dir, tokenizer, calls: list) -> Restor
         rollback=[Example(p) for p in BENIGN],
         monitor_harmful=[],
         monitor_task=TASK,
+        fuse_task=TASK,
     )
 
     def record_step(model, **extra):

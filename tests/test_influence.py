@@ -79,6 +79,7 @@ def _data() -> RestorationData:
         rollback=task,
         monitor_harmful=harmful[:2],
         monitor_task=task[:2],
+        fuse_task=task[:2],
     )
 
 

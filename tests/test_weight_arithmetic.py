@@ -40,7 +40,7 @@ def make_ctx(tokenizer, base_dir, finetuned_dir=None, seed: int = 0, progress: P
         steps.append(extra)
         return {}
 
-    data = RestorationData(FORGET, [], [], [], [], [], [], [])
+    data = RestorationData(FORGET, [], [], [], [], [], [], [], [])
     base = ModelSpec(str(base_dir), device="cpu")
     ft = ModelSpec(str(base_dir), str(finetuned_dir) if finetuned_dir else None, device="cpu")
     return RestoreContext(base, ft, tokenizer, data, record, progress or Progress(), seed), steps

@@ -28,6 +28,7 @@ class DataConfig:
     recovery: int = 64  # harmful prompts for the harmful direction (Algorithm 1's D_rec)
     rollback: int = 64  # fine-tuning (task) prompts for the aligned direction (D_roll, section 5.2.3)
     monitor: int = 16  # held-out harmful prompts and task examples watched at every step
+    fuse: int = 64  # task examples whose exact match the direction method's fuse and rollback decide on
     response_tokens: int = 48  # length of the fine-tuned model's own answers used as responses
 
 
@@ -44,6 +45,7 @@ class RestorationData:
     rollback: list[Example]
     monitor_harmful: list[Example]
     monitor_task: list[Example]
+    fuse_task: list[Example]
 
     def fingerprint(self) -> str:
         return stable_hash({f.name: data_fingerprint(_flat(getattr(self, f.name))) for f in fields(self)})
@@ -91,6 +93,7 @@ def restoration_data(
         rollback=task[n + 2 * b :],
         monitor_harmful=harm["eval"][: config.monitor],
         monitor_task=task_examples("monitor", config.monitor, seed),
+        fuse_task=task_examples("monitor", config.monitor + config.fuse, seed)[config.monitor :],
     )
     if not data.forget:
         raise InputError(

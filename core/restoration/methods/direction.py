@@ -26,9 +26,10 @@ Where we depart from the paper (and from its code, see REFERENCES.md):
 * k = ceil(P% of the candidates satisfying eq. 3), the paper's "top P% of the identified
   weights" (the paper's code takes P% of all parameters). Rollback: k = ceil(R% of the weights
   restored in the round), chosen among them by eq. 3 with the fine-tuned weights as reference.
-* "Performance drop" is relative: 100 (perf_f - perf) / perf_f on the monitor task's exact match
-  (the paper's 5% read as 95% of the fine-tuned score, as its code does); 0 when perf_f = 0.
-  It is measured on the run's small held-out monitor task split (greedy, 16 tokens).
+* "Performance drop" is relative: 100 (perf_f - perf) / perf_f on task exact match (the paper's 5%
+  read as 95% of the fine-tuned score, as its code does); 0 when perf_f = 0. It is measured on
+  ``DataConfig.fuse`` (default 64) held-out task examples (greedy, 16 tokens), not the 16 the live
+  monitor watches: at n = 16 one flipped answer is a 6.25% drop and the 5% fuse would follow noise.
 * Round numbers in the record are global: after a rollback restart they continue from the
   warm-up's (the paper counts the restarted E rounds from 1).
 * The gradient of the cosine of a *mean* is taken in two passes (the mean without gradient, then
@@ -391,7 +392,7 @@ class _Recovery:
     def score(self) -> float:
         """Monitor-task performance of the current weights, computed once per weight state."""
         if self._score[0] != self.version:
-            self._score = (self.version, performance(self.model, self.ctx.tokenizer, self.ctx.data.monitor_task))
+            self._score = (self.version, performance(self.model, self.ctx.tokenizer, self.ctx.data.fuse_task))
         return self._score[1]
 
     def restored_count(self) -> int:
@@ -421,7 +422,7 @@ class _Recovery:
             phase=phase,
             direction_cosine=cosine(self.harmful, now),
             restored_weights=self.restored_count(),
-            performance=self.score(),
+            fuse_exact_match=self.score(),
             **self.distances(),
         )
 
