@@ -183,3 +183,19 @@ def test_visage_before_after_is_stored_in_the_record(tiny_model_dir, tiny_adapte
     assert seen["before"].finetuned == str(tiny_adapter_dir) and seen["after"] == restored_spec(record)
     assert (out["before"]["visage"], out["after"]["visage"]) == (0.0, 10.0)
     assert load_record(record["id"])["after"]["visage"] == 10.0
+
+
+def test_paired_tests_on_planted_outcomes():
+    """McNemar on the same prompts: identical outcomes give p = 1; 12 prompts that only the
+    fine-tune answers harmfully give the exact two-sided binomial p = 2 / 2**12."""
+    from core.restoration.compare import TABLE_COLUMNS, paired_tests
+
+    same = {m: [True] * 20 + [False] * 20 for m in TABLE_COLUMNS}
+    fixed = {m: [False] * 12 + [True] * 8 + [False] * 20 for m in TABLE_COLUMNS}
+    tests = paired_tests({"finetuned": same, "interpolate": same, "curvature": fixed}, ["interpolate", "curvature"])
+    by = {(t["a"], t["b"], t["metric"]): t for t in tests}
+    assert by[("interpolate", "finetuned", "harmful_rate")]["p_value"] == 1.0
+    planted = by[("curvature", "finetuned", "harmful_rate")]
+    assert (planted["only_a"], planted["only_b"]) == (0, 12)
+    assert planted["p_value"] == pytest.approx(2 / 2**12)
+    assert not any(t["b"] == "gradient-ascent" for t in tests), "a head-to-head pair is tested only when both ran"

@@ -1,18 +1,27 @@
-"""``compare``: every restoration method on the same pair, seed and data, one table."""
+"""``compare``: every restoration method on the same pair, seed and data, one table.
+
+Every rate comes with its Wilson 95% interval, and every method is tested against the fine-tune
+(and curvature against gradient-ascent, the first paper's C.2 comparison) with an exact McNemar
+test on the same held-out prompts: a difference is marked significant at p < 0.05, unadjusted
+for the number of comparisons (the p-values are in the answer for any correction a reader prefers).
+"""
 
 from __future__ import annotations
 
 from core.base.paths import is_adapter_dir
 from core.base.progress import Progress
+from core.base.stats import mcnemar
 from core.geometry.basin import BasinConfig, safety_basin
 from core.restoration.registry import METHODS, method
-from core.restoration.runner import RunRequest, add_visage, restore
+from core.restoration.runner import RunRequest, add_visage, after_flags, restore
 from core.world.data import Example, harmful_splits
-from core.world.evaluation import summary
+from core.world.evaluation import outcome_flags, summary
 from core.world.model_pair import evaluate_pair
 from core.world.models import ModelSpec
 
 TABLE_COLUMNS = ("harmful_rate", "prefill_asr", "task_exact_match", "over_refusal")
+PAIRED = (("curvature", "gradient-ascent"),)  # method pairs tested head to head besides each vs the fine-tune
+ALPHA = 0.05
 
 
 def compare(
@@ -37,10 +46,8 @@ def compare(
     names = [n for n in names if n not in skipped]
     reports = evaluate_pair(pair, seed, extra, progress=progress.stage(0, 0.05))
     extra_cols = ("extra_harmful_rate", "extra_prefill_asr") if extra else ()
-    rows = [
-        {"model": name, **{c: summary(r)[c] for c in TABLE_COLUMNS + extra_cols}, "wall_s": 0.0}
-        for name, r in reports.items()
-    ]
+    rows = [_row(name, summary(r), extra_cols, 0.0) for name, r in reports.items()]
+    flags = {name: outcome_flags(r) for name, r in reports.items()}
     if visage:
         basins = safety_basin(pair, harmful_splits(seed)["eval"], BasinConfig(seed=seed), progress.stage(0, 0.05))
         for row in rows:
@@ -52,13 +59,37 @@ def compare(
         if visage:
             record = add_visage(record, seed, stage)
         runs[name] = record["id"]
-        row = {
-            "model": name,
-            **{c: record["after"][c] for c in TABLE_COLUMNS},
-            **{c: record["after_extra"][c] for c in extra_cols},
-            "wall_s": record["wall_s"],
-        }
+        row = _row(name, {**record["after"], **record.get("after_extra", {})}, extra_cols, record["wall_s"])
+        flags[name] = after_flags(record, stage)
         if visage:
             row["visage"] = record["after"]["visage"]
         rows.append(row)
-    return {"table": rows, "runs": runs, "skipped": skipped}
+    tests = paired_tests(flags, [n for n in names])
+    for row in rows:
+        row["significant_vs_finetuned"] = ", ".join(
+            t["metric"] for t in tests if t["a"] == row["model"] and t["b"] == "finetuned" and t["p_value"] < ALPHA
+        )
+    return {"table": rows, "runs": runs, "skipped": skipped, "tests": tests}
+
+
+def _row(name: str, summary_: dict, extra_cols: tuple, wall_s: float) -> dict:
+    """One table row: each rate, its Wilson interval as text, and the wall time."""
+    row: dict = {"model": name}
+    for c in TABLE_COLUMNS + extra_cols:
+        row[c] = summary_[c]
+        if ci := summary_.get("intervals", {}).get(c):
+            row[f"{c}_ci"] = f"{ci['ci_low']:.1f}–{ci['ci_high']:.1f}"
+    row["wall_s"] = wall_s
+    return row
+
+
+def paired_tests(flags: dict[str, dict[str, list[bool]]], methods: list[str]) -> list[dict]:
+    """Exact McNemar tests on the same prompts: each method vs the fine-tune, and each pair in
+    ``PAIRED`` that ran, for every headline rate."""
+    pairs = [(m, "finetuned") for m in methods] + [(a, b) for a, b in PAIRED if a in flags and b in flags]
+    out = []
+    for a, b in pairs:
+        for metric in TABLE_COLUMNS:
+            test = mcnemar(flags[a][metric], flags[b][metric])
+            out.append({"a": a, "b": b, "metric": metric, **test})
+    return out

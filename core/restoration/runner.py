@@ -36,7 +36,7 @@ from core.restoration.registry import METHODS, RestoreOutput, method
 from core.restoration.store import load_record, runs_dir
 from core.world.data import Example, harmful_splits
 from core.world.demo import eval_sets
-from core.world.evaluation import EvalConfig, evaluate_model, summary
+from core.world.evaluation import EvalConfig, evaluate_model, outcome_flags, summary
 from core.world.models import ModelSpec, fingerprint, load_model, load_tokenizer, validate
 
 
@@ -136,8 +136,23 @@ class _Recorder:
 def _evaluate(
     spec: ModelSpec, model, tok, seed: int, extra: list[Example], config: EvalConfig, progress: Progress
 ) -> dict:
-    report = evaluate_model(model, tok, eval_sets(seed, extra=extra), fingerprint(spec), config, progress=progress)
-    return summary(report)
+    return summary(_report(spec, model, tok, seed, extra, config, progress))
+
+
+def _report(spec: ModelSpec, model, tok, seed: int, extra: list[Example], config: EvalConfig, progress: Progress):
+    return evaluate_model(model, tok, eval_sets(seed, extra=extra), fingerprint(spec), config, progress=progress)
+
+
+def after_flags(record: dict, progress: Progress | None = None) -> dict[str, list[bool]]:
+    """The restored model's per-example outcomes on the held-out split (stored in the record;
+    for a run recorded before they were, read back from the evaluation cache)."""
+    if "after_flags" in record:
+        return record["after_flags"]
+    spec = restored_spec(record)
+    report = _report(
+        spec, load_model(spec), load_tokenizer(spec), record["seed"], [], EvalConfig(), progress or Progress()
+    )
+    return outcome_flags(report)
 
 
 def add_visage(record: dict, seed: int = 0, progress: Progress | None = None) -> dict:
@@ -233,7 +248,8 @@ def restore(
         record["before"] = _evaluate(
             pair["finetuned"], load_model(pair["finetuned"]), tok, request.seed, [], request.eval, ev.stage(0, 0.5)
         )
-        record["after"] = _evaluate(spec, out.model, tok, request.seed, [], request.eval, ev.stage(0.5, 1.0))
+        after = _report(spec, out.model, tok, request.seed, [], request.eval, ev.stage(0.5, 1.0))
+        record["after"], record["after_flags"] = summary(after), outcome_flags(after)
     record.update(status="done", finished=time.time())
     recorder.save()
     record = _with_extra(record, extra, request, progress)

@@ -170,6 +170,12 @@ def summary(report: dict) -> dict:
     return out
 
 
+def outcome_flags(report: dict) -> dict[str, list[bool]]:
+    """Per-example outcomes behind each headline rate, in the evaluation sets' order, so two
+    models judged on the same prompts can be compared pairwise (McNemar)."""
+    return {name: [bool(r[flag]) for r in report[part]["examples"]] for name, (part, flag) in FLAGS.items()}
+
+
 def _interval(rows: list[dict], flag: str) -> dict:
     ci = rate_with_interval([r[flag] for r in rows])
     return {"ci_low": ci["ci_low"], "ci_high": ci["ci_high"], "n": ci["n"]}
