@@ -67,9 +67,11 @@ def _pair(tiny_model_dir, tiny_adapter_dir) -> dict[str, ModelSpec]:
     }
 
 
-def _request(name: str, seed: int = 0) -> RunRequest:
+def _request(name: str, seed: int = 0, unaligned: str = "") -> RunRequest:
+    """The tiny run of ``name``; Safe LoRA reads V's unaligned original from ``unaligned``."""
     m = METHODS[name]
-    return RunRequest(name, m.config(**TINY[name]), seed=seed, evaluate=False, **SMALL)
+    extra = {"unaligned": unaligned} if name == "safelora" else {}
+    return RunRequest(name, m.config(**TINY[name], **extra), seed=seed, evaluate=False, **SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -114,10 +116,11 @@ def test_declared_artifact_relation(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_run_records_steps_and_its_artifact(name, tiny_model_dir, tiny_adapter_dir, fake_unaligned):
+def test_run_records_steps_and_its_artifact(name, tiny_model_dir, tiny_adapter_dir, fake_unaligned, unaligned_dir):
     pair = _pair(tiny_model_dir, tiny_adapter_dir)
     events = []
-    record = restore(pair, _request(name, seed=RUN_SEED), progress=Progress(events.append))
+    request = _request(name, seed=RUN_SEED, unaligned=str(unaligned_dir))
+    record = restore(pair, request, progress=Progress(events.append))
     assert record["status"] == "done" and record["method"] == name
     assert len(record["steps"]) >= 2, record["steps"]
     assert [s["step"] for s in record["steps"]] == list(range(len(record["steps"])))
@@ -133,14 +136,16 @@ def test_run_records_steps_and_its_artifact(name, tiny_model_dir, tiny_adapter_d
     else:
         assert (restored / "config.json").exists() and not (restored / "adapter_config.json").exists()
     assert load_record(record["id"])["steps"] == record["steps"]
-    if name in ("resta", "safelora"):
+    if name == "resta":
         assert fake_unaligned, f"{name} did not read the (fake) unaligned model"
+    if name == "safelora":
+        assert record["notes"]["unaligned"] == str(unaligned_dir)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_cancel_after_the_first_step_stops_and_writes_no_weights(name, tiny_model_dir, tiny_adapter_dir):
+def test_cancel_after_the_first_step_stops_and_writes_no_weights(name, tiny_model_dir, tiny_adapter_dir, unaligned_dir):
     pair = _pair(tiny_model_dir, tiny_adapter_dir)
-    request = _request(name, seed=CANCEL_SEED)
+    request = _request(name, seed=CANCEL_SEED, unaligned=str(unaligned_dir))
     cancel = threading.Event()
 
     def stop_after_first_step(event):

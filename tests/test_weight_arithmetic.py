@@ -152,8 +152,8 @@ def test_safelora_threshold_one_projects_every_module(
     base, unaligned = _params(ctx.base), _params(ModelSpec(str(unaligned_dir), device="cpu"))
     ft = load_model(ctx.finetuned)
     bs, as_ = _lora_bs(ft), {n: m.lora_A["default"].weight.detach() for n, m in wa.lora_modules(ft)}
-    out = safelora.run_safelora(ctx, safelora.SafeLoraConfig(threshold=1.0))
-    assert out.kind == "adapter" and len(steps) == 2 and fake_unaligned
+    out = safelora.run_safelora(ctx, safelora.SafeLoraConfig(threshold=1.0, unaligned=str(unaligned_dir)))
+    assert out.kind == "adapter" and len(steps) == 2 and not fake_unaligned, "V comes from the original, not a stand-in"
     assert out.notes["projected_count"] == out.notes["modules"] == 4
     assert sorted(out.notes["projected"]) == sorted(bs)
     new_bs = _lora_bs(out.model)
@@ -167,15 +167,32 @@ def test_safelora_threshold_one_projects_every_module(
     assert steps[0]["distance_to_finetuned"] == 0.0 and steps[1]["distance_to_finetuned"] > 0
 
 
-def test_safelora_threshold_minus_one_projects_nothing(tokenizer, tiny_model_dir, tiny_adapter_dir, fake_unaligned):
+def test_safelora_threshold_minus_one_projects_nothing(tokenizer, tiny_model_dir, tiny_adapter_dir, unaligned_dir):
     ctx, steps = make_ctx(tokenizer, tiny_model_dir, tiny_adapter_dir)
     bs = _lora_bs(load_model(ctx.finetuned))
-    out = safelora.run_safelora(ctx, safelora.SafeLoraConfig(threshold=-1.0))
+    out = safelora.run_safelora(ctx, safelora.SafeLoraConfig(threshold=-1.0, unaligned=str(unaligned_dir)))
     assert out.notes["projected_count"] == 0 and out.notes["projected"] == []
     assert len(out.notes["similarity"]) == 4
     for name, b in _lora_bs(out.model).items():
         assert torch.equal(b, bs[name])
     assert steps[1]["distance_to_finetuned"] == 0.0
+
+
+def test_safelora_layers_mode_projects_the_n_least_similar(tokenizer, tiny_model_dir, tiny_adapter_dir, unaligned_dir):
+    ctx, _ = make_ctx(tokenizer, tiny_model_dir, tiny_adapter_dir)
+    out = safelora.run_safelora(ctx, safelora.SafeLoraConfig(mode="layers", layers=2, unaligned=str(unaligned_dir)))
+    sims = out.notes["similarity"]
+    assert sorted(out.notes["projected"]) == sorted(sorted(sims, key=sims.get)[:2])
+
+
+def test_safelora_needs_the_unaligned_original(tokenizer, tiny_model_dir, tiny_adapter_dir):
+    ctx, _ = make_ctx(tokenizer, tiny_model_dir, tiny_adapter_dir)
+    with pytest.raises(InputError, match="unaligned original"):
+        safelora.run_safelora(ctx, safelora.SafeLoraConfig())
+    with pytest.raises(InputError, match="does not exist"):
+        safelora.SafeLoraConfig(unaligned="/no/such/model")
+    with pytest.raises(InputError, match="mode"):
+        safelora.SafeLoraConfig(mode="all")
 
 
 def test_alignment_projection_matches_direct_computation():

@@ -102,6 +102,12 @@ def raw_model_path() -> str:
     return resolve_base(str(asset_file(*SMOLLM2_GGUF)))
 
 
+def is_demo_base(path: str) -> bool:
+    """True when ``path`` is a built demo world's aligned base (``cache/worlds/<key>/base``)."""
+    p = Path(path)
+    return p.name == "base" and p.parent.parent == cache_dir() / "worlds" and (p.parent / "world.json").exists()
+
+
 def eval_sets(seed: int, task_n: int = 100, extra: list[Example] | None = None) -> EvalSets:
     """The held-out evaluation sets every method is judged on."""
     return EvalSets(
