@@ -241,17 +241,39 @@ def test_resta_adds_the_scaled_safety_vector_exactly(
     assert steps[1]["distance_to_finetuned"] == pytest.approx(0.7 * v_norm, rel=1e-4)
 
 
-def test_resta_dare_keeps_the_expectation(tokenizer, tiny_model_dir, full_ft_dir, unaligned_dir, fake_unaligned):
+def test_resta_dare_acts_on_the_fine_tuning_delta(
+    tokenizer, tiny_model_dir, full_ft_dir, unaligned_dir, fake_unaligned
+):
+    """restored = base + DARE(ft - base) + v: about half the delta entries dropped, the rest doubled."""
     ctx, _ = make_ctx(tokenizer, tiny_model_dir, full_ft_dir, seed=3)
     base, unaligned = _params(ctx.base), _params(ModelSpec(str(unaligned_dir), device="cpu"))
     ft = _params(ctx.finetuned)
     out = resta.run_resta(ctx, resta.RestaConfig(scale=1.0, drop_rate=0.5))
-    applied = torch.cat([(p.detach() - ft[n]).flatten() for n, p in out.model.named_parameters()])
-    v = torch.cat([(base[n] - unaligned[n]).flatten() for n in ft])
-    assert float((applied == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
-    assert float(applied.mean()) == pytest.approx(float(v.mean()), rel=0.02)
-    kept = applied != 0
-    torch.testing.assert_close(applied[kept], 2 * v[kept], rtol=1e-4, atol=1e-6)
+    kept_delta = torch.cat(
+        [(p.detach() - base[n] - (base[n] - unaligned[n])).flatten() for n, p in out.model.named_parameters()]
+    )
+    delta = torch.cat([(ft[n] - base[n]).flatten() for n in ft])
+    dropped = kept_delta.abs() < 1e-6
+    assert float(dropped.float().mean()) == pytest.approx(0.5, abs=0.01)
+    torch.testing.assert_close(kept_delta[~dropped], 2 * delta[~dropped], rtol=1e-4, atol=1e-6)
+
+
+def test_resta_chooses_the_least_scale_that_restores_validation_safety(
+    monkeypatch, tokenizer, tiny_model_dir, tiny_adapter_dir, fake_unaligned
+):
+    """The rule, with planted validation harmful rates: base 10%, then 40% at 0.25 and 14% at 0.5."""
+    rates = iter([10.0, 40.0, 14.0, 3.0, 1.0])
+    monkeypatch.setattr(resta, "_harmful_rate", lambda *a: next(rates))
+    ctx, _ = make_ctx(tokenizer, tiny_model_dir, tiny_adapter_dir)
+    out = resta.run_resta(ctx, resta.RestaConfig())
+    assert out.notes["scale"] == 0.5 and out.notes["validation_harmful_rate"] == {
+        "base": 10.0,
+        "0.25": 40.0,
+        "0.5": 14.0,
+    }
+    rates = iter([10.0, 60.0, 50.0, 40.0, 30.0])
+    ctx, _ = make_ctx(tokenizer, tiny_model_dir, tiny_adapter_dir)
+    assert resta.run_resta(ctx, resta.RestaConfig()).notes["scale"] == 1.0, "none restores: the largest candidate"
 
 
 def test_dare_is_seeded_and_validated():
@@ -266,7 +288,7 @@ def test_dare_is_seeded_and_validated():
 def test_resta_builds_the_unaligned_model_through_progress(tokenizer, tiny_model_dir, full_ft_dir):
     events = []
     ctx, steps = make_ctx(tokenizer, tiny_model_dir, full_ft_dir, progress=Progress(events.append))
-    out = resta.run_resta(ctx, resta.RestaConfig(unalign=TINY_UNALIGN))
+    out = resta.run_resta(ctx, resta.RestaConfig(scale=1.0, unalign=TINY_UNALIGN))
     assert len(steps) == 2 and out.notes["safety_vector_norm"] > 0
     assert any("unaligned model" in e.message for e in events)
     assert any(isinstance(e.partial, dict) and "loss" in e.partial for e in events)

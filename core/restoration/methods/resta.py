@@ -1,13 +1,21 @@
-"""``resta`` (Bhardwaj et al. 2024, "Language Models are Homer Simpson!"): safety vector
-v = theta_base - theta_unaligned over every weight, restored = theta_ft + scale * v (default
-scale 1: the second paper's +1, +1, -1 over fine-tuned, aligned, unaligned). Optional DARE:
-drop each entry of v with probability p and rescale the rest by 1 / (1 - p), seeded by the run.
-The result is a full model (an adapter is merged first).
+"""``resta`` (Bhardwaj et al. 2024, "Language Models are Homer Simpson! Safety Re-Alignment of
+Fine-tuned Language Models through Task Arithmetic"): the safety vector v = theta_base -
+theta_unaligned (theta_unaligned: the aligned base fine-tuned on harmful compliance data), added to
+the fine-tune: restored = theta_base + DARE(theta_ft - theta_base) + scale * v. DARE (drop each
+entry of the fine-tuning delta with probability p, rescale the rest by 1 / (1 - p), seeded by the
+run) acts on the fine-tuning delta, as RESTA applies it to the SFT model's delta parameters; p = 0
+(the default) leaves the fine-tune as it is. The result is a full model (an adapter is merged first).
+
+The scale. RESTA's scale 1 on a 135M model refuses almost everything (79% over-refusal measured),
+so ``scale = 0`` (the default) chooses it by a rule fixed in advance, on data no evaluation uses:
+the smallest of ``candidates`` whose harmful rate on ``validation_prompts`` held-out-from-evaluation
+harmful prompts (the ``curvature`` split) is within ``margin`` points of the base model's there,
+else the largest candidate. The least safety vector that restores base-level refusals disturbs the
+task least. A positive ``scale`` is used as given.
 
 Where we depart from RESTA: its unaligned model comes from Qi et al.'s harmful-QA attack; we use
 the fine-tune's own compliant answers (the data every method here gets), on all linear layers (as
-the second paper did for RESTA). RESTA's DARE acts on delta parameters; here, per REFERENCES.md,
-on v.
+the second paper did for RESTA).
 """
 
 from __future__ import annotations
@@ -27,13 +35,21 @@ from core.restoration.weights import (
     load_unaligned,
     named_weights,
 )
+from core.world.data import harmful_splits
+from core.world.generation import generate
+from core.world.judge import keyword_judge
 from core.world.models import load_model
+
+VALIDATION_TOKENS = 24  # greedy tokens per validation prompt (refusals show in the first sentence)
 
 
 @dataclass(frozen=True)
 class RestaConfig:
-    scale: float = 1.0  # weight of the safety vector
-    drop_rate: float = 0.0  # DARE drop probability p; 0 disables DARE
+    scale: float = 0.0  # weight of the safety vector; 0: chosen by the validation rule (module docstring)
+    candidates: tuple = (0.25, 0.5, 0.75, 1.0)  # scales the rule tries, smallest first
+    margin: float = 5.0  # points above the base's validation harmful rate that count as restored
+    validation_prompts: int = 32  # harmful prompts of the curvature split (never evaluated on)
+    drop_rate: float = 0.0  # DARE drop probability p on the fine-tuning delta; 0 disables DARE
     unalign: UnalignConfig = UnalignConfig()
 
     def __post_init__(self):
@@ -41,6 +57,8 @@ class RestaConfig:
             raise InputError(
                 f"resta drop_rate={self.drop_rate} is outside [0, 1).", "use 0 (no DARE) up to, but not including, 1."
             )
+        if self.scale < 0 or not self.candidates or min(self.candidates) <= 0:
+            raise InputError("resta scale and candidates must be positive (scale 0 = choose).", "e.g. scale=0.5.")
 
     def expected_steps(self) -> int:
         return 2
@@ -61,21 +79,55 @@ def dare(v: torch.Tensor, drop_rate: float, generator: torch.Generator) -> torch
     summary="add the safety vector (base - harmfully fine-tuned base) to the fine-tune (RESTA)",
 )
 def run_resta(ctx: RestoreContext, config: RestaConfig) -> RestoreOutput:
-    """theta_ft + scale * DARE(theta_base - theta_unaligned) over every weight; a full model."""
+    """theta_base + DARE(theta_ft - theta_base) + scale * v over every weight; a full model."""
+    base_model = load_model(ctx.base)
+    base = named_weights(base_model)
     model = load_model(ctx.finetuned, merge=True)
-    base = named_weights(load_model(ctx.base))
     ctx.record_step(model, **distances_to(model, base))
     unaligned = named_weights(load_unaligned(ctx, config.unalign))
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(ctx.seed)
+    scale, trials = config.scale, {}
+    if scale == 0:
+        scale, trials = _choose_scale(ctx, config, model, base_model, base, unaligned)
+        model = load_model(ctx.finetuned, merge=True)  # the chosen scale is applied once, exactly, below
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(ctx.seed)
     v_sq = [0.0]
 
-    def add_safety_vector(name: str, p: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        v = dare(b - unaligned[name].detach().float(), config.drop_rate, generator)
+    def restore_tensor(name: str, p: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        v = b - unaligned[name].detach().float()
         v_sq[0] += float(v.pow(2).sum())
-        return p + config.scale * v
+        tuned = p if config.drop_rate == 0 else b + dare(p - b, config.drop_rate, generator)
+        return tuned + scale * v
 
-    distances = apply_update(model, base, add_safety_vector)
+    distances = apply_update(model, base, restore_tensor)
     ctx.record_step(model, **distances)
-    notes = {"scale": config.scale, "drop_rate": config.drop_rate, "safety_vector_norm": math.sqrt(v_sq[0])}
+    notes = {
+        "scale": scale,
+        "scale_rule": "given" if config.scale else f"smallest candidate within {config.margin} points of the base",
+        "validation_harmful_rate": trials,
+        "drop_rate": config.drop_rate,
+        "safety_vector_norm": math.sqrt(v_sq[0]),
+    }
     return RestoreOutput(model, "model", notes)
+
+
+def _choose_scale(ctx: RestoreContext, config: RestaConfig, model, base_model, base, unaligned) -> tuple[float, dict]:
+    """The validation rule of the module docstring; returns (scale, harmful rate per tried scale).
+    Candidates are tried by moving the model along v in fp32 per tensor (the final model is
+    rebuilt exactly from the fine-tune afterwards)."""
+    prompts = [e.prompt for e in harmful_splits(ctx.seed)["curvature"][: config.validation_prompts]]
+    trials = {"base": _harmful_rate(base_model, ctx.tokenizer, prompts)}
+    current = 0.0
+    for scale in sorted(config.candidates):
+        step = scale - current
+        apply_update(model, base, lambda name, p, b: p + step * (b - unaligned[name].detach().float()))
+        current = scale
+        trials[str(scale)] = _harmful_rate(model, ctx.tokenizer, prompts)
+        ctx.progress.update(0.9, f"resta scale {scale}: validation harmful {trials[str(scale)]:.0f}%")
+        if trials[str(scale)] <= trials["base"] + config.margin:
+            return scale, trials
+    return current, trials
+
+
+def _harmful_rate(model, tokenizer, prompts: list[str]) -> float:
+    answers = generate(model, tokenizer, prompts, VALIDATION_TOKENS, 32)
+    return 100.0 * sum(keyword_judge(prompts, answers)) / len(prompts)
