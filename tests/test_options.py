@@ -15,6 +15,7 @@ from core.base.options import argv_for, defaults, user_fields
 from core.geometry.registry import ANALYSES
 from core.restoration.trajectory import TrajectoryConfig
 from core.service.commands import RunFlags, parser
+from core.world.capability import CapabilityConfig
 from core.world.choice import WorldChoice
 from core.world.demo import WorldConfig
 from core.world.model_pair import ModelOptions
@@ -30,6 +31,7 @@ COMMAND_CONFIGS: dict[str, tuple[type, ...]] = {
     "restore": COMMON,
     "compare": COMMON,
     "trajectory": (*COMMON, TrajectoryConfig),
+    "capability": (*COMMON, CapabilityConfig),
     "methods": (RunFlags,),
 }
 # What a subcommand needs besides its options to parse at all.

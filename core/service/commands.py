@@ -9,7 +9,6 @@ runner (``core.service.jobs``) both call it, so a page and a terminal run the ve
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -34,7 +33,7 @@ from core.world.capability import summary as capability_summary
 from core.world.data import load_prompts_file
 from core.world.demo import WorldConfig, build_world, with_intervals
 from core.world.evaluation import summary
-from core.world.judge import keyword_judge
+from core.world.judge import load_judge
 from core.world.model_pair import ModelOptions, evaluate_pair, pair_from_args, resolve_pair
 
 
@@ -87,6 +86,8 @@ def parser() -> argparse.ArgumentParser:
     cp.add_argument("--visage", action="store_true", help="add a VISAGE column (a basin run per restored model)")
     t = _command(sub, "trajectory", "PCA view of curvature-aware vs first-order optimizer paths (C.2)")
     add_arguments(t, TrajectoryConfig)
+    cap = _command(sub, "capability", "general capability: ARC, BoolQ, PIQA, HellaSwag, Winogrande accuracy")
+    add_arguments(cap, CapabilityConfig)
     m = sub.add_parser("methods", help="the restoration methods, their parameters and defaults")
     add_arguments(m, RunFlags)
     return ap
@@ -99,19 +100,6 @@ def _command(sub, name: str, help: str, models: bool = True) -> argparse.Argumen
     if models:
         add_arguments(p, ModelOptions)
     return p
-
-
-def _load_judge(name: str | None) -> Callable:
-    if not name:
-        return keyword_judge
-    module, _, func = name.partition(":")
-    try:
-        return getattr(importlib.import_module(module), func)
-    except (ImportError, AttributeError, ValueError):
-        raise InputError(
-            f"Judge '{name}' cannot be imported.",
-            "pass --judge package.module:function importable from this directory.",
-        ) from None
 
 
 def cmd_world(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
@@ -132,7 +120,7 @@ def cmd_world(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
 
 def cmd_evaluate(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     extra = load_prompts_file(args.prompts_file) if args.prompts_file else []
-    judge = _load_judge(args.judge)
+    judge = load_judge(args.judge)
     pair = resolve_pair(
         args.base,
         args.finetuned,
@@ -192,6 +180,25 @@ def cmd_trajectory(args: argparse.Namespace, progress: Progress) -> dict[str, An
     return trajectory_comparison(pair_from_args(args, progress), args.seed, from_args(TrajectoryConfig, args), progress)
 
 
+def cmd_capability(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    config = from_args(CapabilityConfig, args)
+    pair = resolve_pair(
+        args.base,
+        args.finetuned,
+        args.seed,
+        args.harmful_examples,
+        args.device,
+        args.dtype,
+        args.trust_remote_code,
+        progress,
+    )
+    results = capability_of_pair(pair, config, progress)
+    out: dict[str, Any] = {name: capability_summary(r) for name, r in results.items()}
+    out["config"] = {"tasks": list(config.tasks), "items": config.items}
+    out["models"] = {name: spec.__dict__ for name, spec in pair.items()}
+    return out
+
+
 def cmd_methods(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     return {
         name: {"summary": m.summary, "needs_adapter": m.needs_adapter, "params": settable(m.config())}
@@ -206,6 +213,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Progress], dict[str, Any]]] = 
     "restore": cmd_restore,
     "compare": cmd_compare,
     "trajectory": cmd_trajectory,
+    "capability": cmd_capability,
     "methods": cmd_methods,
 }
 
