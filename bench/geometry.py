@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.timing import median_time  # noqa: E402
 from core.base.progress import Progress  # noqa: E402
-from core.geometry.basin import BasinConfig  # noqa: E402
+from core.geometry.basin import BasinConfig, search_on  # noqa: E402
 from core.geometry.basin import _model_basin as model_basin  # noqa: E402
 from core.geometry.correlation import default_sets  # noqa: E402
 from core.geometry.curvature import HessianOperator, select_parameters  # noqa: E402
@@ -101,8 +101,9 @@ def main() -> None:
         size_gb = sum(p.numel() * p.element_size() for p in load_model(world.base_spec).parameters()) / 2**30
         t = time.perf_counter()
         prompts = [e.prompt for e in harmful_splits(0)["eval"][: BasinConfig().prompts]]
+        radius = search_on(world.base_spec, prompts, BasinConfig(), Progress())["radius"]  # uncached, as below
         for name, spec in pair.items():
-            model_basin(spec, prompts, BasinConfig(), Progress(), name)  # uncached
+            model_basin(spec, prompts, BasinConfig(), radius, Progress(), name)  # uncached
         t_basin = time.perf_counter() - t
         out["defaults"] = {"landscape_s": t_land, "basin_s": t_basin, "peak_rss_gb": rss_gb, "model_gb": size_gb}
         print(

@@ -51,7 +51,7 @@ MESSAGE = '[data-testid="stMain"] [data-testid="stAlert"]:visible'
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 MESSAGE_GRACE_S = 2.0
 CHEAP: dict[str, dict[str, int | str]] = {  # page -> sidebar inputs that make its analysis cheap (minutes)
-    "landscape": {"Grid points per axis": 3, "Samples per loss": 1},
+    "landscape": {"Grid points per axis": 5, "Samples per loss": 2},
     # the Hessian of one LoRA matrix in the last of SmolLM2-135M's 30 layers: backward stops there
     "curvature": {
         "Top eigenpairs k": 1,

@@ -1,5 +1,6 @@
-"""Curvature: the safety loss's Hessian spectrum, curvature coupling, the alignment-instability conditions,
-the drift monitor.
+"""Curvature: the alignment-instability conditions on the aligned base (the paper's statement) and
+on the fine-tune, the safety-Hessian spectra, and the alignment loss under gradient descent from
+the aligned base with the quartic-law verdict.
 """
 
 import streamlit as st
@@ -10,9 +11,9 @@ from pages import ui
 
 ui.page_header(
     "Curvature",
-    "Top eigenvalues of the safety-loss Hessian (Lanczos on Hessian-vector products), "
-    "the task gradient's share in that eigenspace, "
-    "and how the alignment loss drifts under benign fine-tuning.",
+    "Top eigenvalues of the safety-loss Hessian (Lanczos on Hessian-vector products) on the aligned base "
+    "and the fine-tune, how much of the task's second-order acceleration falls in that eigenspace, "
+    "and how the alignment loss grows under plain gradient descent from the aligned base.",
 )
 _, curvature_opts = ui.options(CurvatureConfig, "curvature")
 _, drift_opts = ui.options(DriftConfig, "drift")
@@ -25,31 +26,48 @@ def partial(events: list) -> None:
         ui.chart(figures.drift_figure(drift[-1]), "drift-partial")
 
 
+def verdict(name: str, cond: dict) -> None:
+    """One line per model: whether the three conditions hold, each with value vs threshold."""
+    holds = bool(cond.get("all_hold"))
+    parts = "; ".join(
+        f"{label} {'✓' if cond[key]['holds'] else '✗'} ({cond[key]['value']:.3g} vs {cond[key]['threshold']:.3g})"
+        for key, label in figures.CONDITION_LABELS.items()
+        if isinstance(cond.get(key), dict)
+    )
+    text = "all three alignment-instability conditions hold" if holds else "not all three conditions hold"
+    (st.warning if holds else st.info)(f"{name}: {text}: {parts}")
+
+
 result = ui.analysis(argv, "curvature analysis", partial, remember="curvature")
 if result:
-    cond = result["conditions"]
-    verdict = (
-        "All three alignment-instability conditions hold"
-        if cond["all_hold"]
-        else "Not all alignment-instability conditions hold"
+    aligned, tuned = result.get("aligned", result), result.get("finetuned")
+    verdict("Aligned base", aligned["conditions"])
+    if tuned:
+        verdict("Fine-tune", tuned["conditions"])
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric(
+        "λ₁ (safety)",
+        f"{aligned['safety_eigenvalues'][0]:.4g}",
+        help="aligned base" + (f"; fine-tune {tuned['safety_eigenvalues'][0]:.4g}" if tuned else ""),
     )
-    (st.warning if cond["all_hold"] else st.success)(
-        f"{verdict}: "
-        + "; ".join(
-            f"{name.replace('_', ' ')} {'✓' if c['holds'] else '✗'} ({c['value']:.3g} vs {c['threshold']:.3g})"
-            for name, c in cond.items()
-            if name != "all_hold"
-        )
-    )
-    c1, c2, c3 = st.columns(3)
-    c1.metric("λ₁ (safety)", f"{result['safety_eigenvalues'][0]:.4g}")
     c2.metric(
         "Coupling share",
-        f"{result['coupling']['share']:.3g}",
-        help=f"{result['coupling']['angle_deg']:.1f}° from the top-k eigenspace",
+        f"{aligned['coupling']['share']:.3g}",
+        help=f"share of H_F g in the top-k safety eigenspace of the aligned base "
+        f"({aligned['coupling']['angle_deg']:.1f}° from it)",
     )
-    c3.metric("Parameters", f"{result['n_params']:,}")
+    c3.metric("Parameters", f"{aligned['n_params']:,}")
+    drift = result.get("drift") or {}
+    c4.metric("Quartic law", (drift.get("verdict") or {}).get("label", "not run"))
     ui.table(figures.conditions_table(result))
     ui.figure(figures.hessian_spectrum(result), "hessian-spectrum")
-    if result.get("drift"):
-        ui.figure(figures.drift_figure(result["drift"]), "drift-monitor")
+    if drift:
+        ui.figure(figures.drift_figure(drift), "drift-monitor")
+        station = drift.get("stationarity") or {}
+        if station:
+            st.caption(
+                f"At step 0 the probe loss's gradient norm is {station['safety_gradient_norm']:.3g} against the "
+                f"task gradient's {station['task_gradient_norm']:.3g} (cosine {station['cosine']:.2g}); "
+                f"the quartic law assumes the aligned model is stationary for the probe. "
+                f"Verdict rule: {(drift.get('verdict') or {}).get('rule', '')}."
+            )

@@ -88,13 +88,13 @@ def _stop_jobs(dirs: set[Path]) -> None:
 
 
 @contextmanager
-def serve(cache: Path, log_path: Path, stop_jobs: bool = True) -> Iterator[str]:
+def serve(cache: Path, log_path: Path, stop_jobs: bool = True, allowed: str = "") -> Iterator[str]:
     """Run ``streamlit run app.py`` on a free 127.0.0.1 port with ``cache`` as the cache root;
     yield its URL once healthy. Always stops it; with ``stop_jobs`` also the background jobs that
     appeared in ``cache`` meanwhile (only safe where nothing else uses that cache)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "SAFETY_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "SAFETY_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1", "SAFETY_ALLOWED_ROOTS": allowed}
     before = _job_dirs(cache)
     cmd = [
         sys.executable,
@@ -197,7 +197,8 @@ def _watch_job(page: Page) -> list[str]:
 def test_dashboard_end_to_end(tiny_model_dir, tiny_adapter_dir, session_cache_dir, tmp_path):
     base, adapter = str(tiny_model_dir), str(tiny_adapter_dir)
     caption = f"{base} → {adapter}"
-    with serve(session_cache_dir, tmp_path / "streamlit.log") as url, sync_playwright() as pw:
+    allowed = os.pathsep.join(str(Path(p).parent) for p in (base, adapter))  # the tiny pair lives in tmp folders
+    with serve(session_cache_dir, tmp_path / "streamlit.log", allowed=allowed) as url, sync_playwright() as pw:
         browser = launch(pw)
         try:
             context = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)

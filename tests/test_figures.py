@@ -121,7 +121,7 @@ def test_mean_loss_bars_and_correlation_table():
     assert list(fig.data[1].y) == [result[s]["mean_loss_finetuned"] for s in ("harmful", "task", "general")]
     rows = F.correlation_table(result)
     assert [r["set"] for r in rows] == ["harmful", "task", "general"]
-    assert set(rows[0]) == {"set", "r", "95% CI", "p", "n"}
+    assert set(rows[0]) == {"set", "Pearson r", "95% CI", "p-value", "n", "null r (range)", "null n × seeds"}
     assert rows[0]["95% CI"] == "[0.50, 0.97]" and rows[0]["n"] == 6
     assert F.correlation_table({}) == []
 
@@ -174,7 +174,7 @@ def test_hessian_spectrum_log_axis_and_mean_eigenvalue():
     assert [list(t.y) for t in series] == [[50.0, 20.0, 8.0, 3.0], [30.0, 10.0, 2.0, 1.0]]
     assert any("0.02" in (t.name or "") for t in fig.data)  # tr(H)/n = 200 / 10000
     negative = curvature_result()
-    negative["task_eigenvalues"] = [1.0, -0.5]
+    negative["finetuned"]["safety_eigenvalues"] = [1.0, -0.5]
     assert F.hessian_spectrum(negative).layout.yaxis.type == "linear"
 
 
@@ -196,8 +196,11 @@ def test_drift_figure_skips_nan_fits():
 
 def test_conditions_table():
     rows = F.conditions_table(curvature_result())
-    assert [r["condition"] for r in rows] == ["low-dimensional", "sharp curvature", "coupling", "all three"]
-    assert [r["holds"] for r in rows] == [True, True, False, False]
+    assert {r["model"] for r in rows} == {"aligned base", "fine-tuned"}
+    rows = [r for r in rows if r["model"] == "aligned base"]
+    conditions = ["low-dimensional", "sharp curvature", "coupling", "all three", "initial orthogonality"]
+    assert [r["condition"] for r in rows] == conditions
+    assert [r["holds"] for r in rows] == [True, True, False, False, True]
     assert rows[2]["threshold"] == 0.5
     assert F.conditions_table({}) == []
 

@@ -24,19 +24,26 @@ def pair():
 
 def test_fine_tuning_changed_task_losses_but_not_harmful_prompt_losses(pair):
     sets = {k: v[:12] for k, v in default_sets(0, 12).items()}
-    result = loss_correlation(pair, sets, CorrelationConfig(n_per_set=12))
+    result = loss_correlation(pair, sets, CorrelationConfig(n_per_set=12, null_seeds=2, null_examples=6))
     assert result["harmful"]["r"] > 0.9
     assert result["task"]["mean_loss_finetuned"] < 0.5 * result["task"]["mean_loss_base"]
     assert result["harmful"]["r"] > result["task"]["r"]
+    for d in result.values():  # the null: base vs base + noise of the LoRA delta's per-tensor norms
+        assert len(d["null_r"]) == 2 and d["null_n"] == 6 and d["delta_norm"] > 0
+        assert -1 <= d["null_r_min"] <= d["null_r_mean"] <= d["null_r_max"] <= 1
 
 
-def test_small_landscape_has_its_minimum_region_near_the_centre(pair):
-    sets = {"harmful": default_sets(0, 4)["harmful"]}
-    result = loss_landscape(pair, sets, LandscapeConfig(grid=3, radius=0.005, samples=4))
-    for surface in result["surfaces"]["harmful"].values():
+def test_fitted_landscape_rises_by_the_rise_at_its_edge_around_a_central_minimum(pair):
+    sets = {"benign": default_sets(0, 4)["general"]}
+    result = loss_landscape(pair, sets, LandscapeConfig(grid=5, samples=4, floor=False))
+    fit = result["radius_fit"]
+    assert fit["fitted"] and not fit["capped"] and 0 < result["radius"] == result["coords"][-1]
+    d1 = result["cross_sections"]["benign"]["base"]["d1"]
+    assert 0.4 < max(d1[0], d1[-1]) / d1[2] - 1 < 0.6, "the base's benign loss rises by --rise (+50%) at the edge"
+    for surface in result["surfaces"]["benign"].values():
         values = np.array(surface)
-        assert values[1, 1] <= np.median(values)
-    assert abs(result["cosine"]["harmful"]) < 0.05
+        assert values[2, 2] <= np.median(values)
+    assert abs(result["cosine"]["benign"]) < 0.05
 
 
 def test_safety_hessian_on_the_lora_fine_tune_is_symmetric(pair):
@@ -48,3 +55,21 @@ def test_safety_hessian_on_the_lora_fine_tune_is_symmetric(pair):
     u, v = rng.standard_normal(op.size), rng.standard_normal(op.size)
     hu, hv = op.matvec(u), op.matvec(v)
     assert np.all(np.isfinite(hu)) and abs(u @ hv - v @ hu) < 1e-3 * abs(u @ hv) + 1e-6
+
+
+def test_default_basin_fits_a_range_with_points_inside_the_aligned_basin(pair):
+    """The default basin (the same key as ``python -m core basin``, so a cached run answers at once):
+    one range for both models, several points of each base line inside its basin, the ends outside."""
+    from core.geometry.basin import BasinConfig, safety_basin
+    from core.world.data import harmful_splits
+
+    config = BasinConfig()
+    result = safety_basin(pair, harmful_splits(0)["eval"], config)
+    fit = result["base"]["radius_fit"]
+    assert fit["fitted"] and result["base"]["radius"] == result["finetuned"]["radius"] == fit["radius"]
+    assert fit["radius"] == pytest.approx(config.radius_multiple * fit["edge"])
+    lines = np.array(result["base"]["lines"])
+    assert ((lines <= config.edge_asr).sum(axis=1) >= 3).all() and (lines.max(axis=1) > config.edge_asr).all()
+    for r in result.values():
+        lo, hi = r["visage_ci"]
+        assert lo <= r["visage"] <= hi and 0.0 <= r["basin_radius"] <= r["radius"]

@@ -1,69 +1,128 @@
-"""Gradient-informed 3D loss landscapes and the Laplacian structural-difference metric
-(paper 1, section 2.2 and appendix B.3, equations 6-8).
+"""Gradient-informed 3D loss landscapes and the Laplacian structural difference
+(paper 1, "Curvature-Aware Safety Restoration in LLMs Fine-Tuning", section 2.2 and appendix B.3,
+equations 6-8).
 
-Directions (eq. 6): d_k = normalize(g * s_k) over the attention and MLP weight matrices, where
-g is the loss gradient accumulated on a fixed batch and s_k an element-wise Gaussian scaling
-drawn from a direction-specific seed (1000 and 2000), so d_1 and d_2 are nearly orthogonal
-(their cosine is reported). Each tensor of a direction is scaled to the norm of the matching
-weight tensor (layer normalisation as in Li et al. 2018), so coefficients are fractions of the
-weights' norms. The gradient is taken on the base model, and the same directions are used for
-both models (a LoRA fine-tune is merged first, so parameter names are shared).
+Directions (eq. 6): d_k = (g * s_k) / ||g * s_k||, one global L2 norm over all perturbed tensors
+(the 2-D attention and MLP weight matrices), g the gradient of the mean per-example loss over
+the set's landscape samples and s_k an element-wise standard Gaussian drawn from the direction's
+seed (1000, 2000). The paper says "random scaling factors" without naming their law; a Gaussian
+is our reading. d_1, d_2 are nearly orthogonal (their cosine is reported), and a coefficient is
+a distance in weight space (||alpha d_1|| = |alpha|). Departure: g is taken on the base model
+and the same two directions serve both models (the paper's "for each model" is ambiguous): with
+one plane for both, the difference of the surfaces is the landscapes' and not the planes'.
+``directions="random"`` gives filter-normalised Gaussian directions (Li et al. 2018) instead,
+whose coefficients are fractions of each weight row's norm.
 
-Grid (eq. 7): theta + a*d_1 + b*d_2 for a, b on an n x n grid in [-r, r]; the mean loss over a
-fixed set of samples at every point, evaluated row by row in place on one model copy: each row
-starts from an exact ``theta0 + a*d_1 + b_0*d_2`` and steps along b with one in-place axpy per
-point; the original weights are copied back exactly at the end.
+Grid (eq. 7): theta_0 + alpha d_1 + beta d_2 for alpha, beta in ``linspace(-r, r, n)`` (n odd, so
+theta_0 is the centre), evaluated row by row on one model copy (the paper's memory-saving order).
+Every point is computed from theta_0 per tensor in fp32 and cast once to the model's dtype (no
+accumulated increments, whose bf16 roundings would drift); theta_0 is copied back bit-exactly.
+In bf16 most of a point's per-element steps are below the weights' resolution (on the demo model
+the fitted r ~ 4.7 spread over 1.06e8 weights is ~5e-4 per element in RMS, against a bf16 spacing
+of ~1e-3 at the RMS weight 0.19), so they round away and a bf16 surface is coarse and driven by
+the few large-gradient elements: prefer ``--dtype float32`` (CPU runs are fp32).
 
-Structural difference (eq. 8): 100 * (1 - corr(Lap(L_base), Lap(L_ft))), the Laplacian by
-finite differences (``scipy.ndimage.laplace``), compared by Pearson correlation.
+Radius (the paper's range is not legible in our text of it): ``radius=0`` fits r per model pair
+so that one default serves 135M and 7B models: along d_1 of the benign set (both signs), the
+base model's benign loss first reaches (1 + ``rise``) times its value at theta_0 at distance r
+(geometric bracketing from 0.005 ||theta_P||, then bisection to 5%; capped at 0.5 ||theta_P||,
+theta_P the perturbed weights; ``capped`` is then reported). ``rise=0.5`` (+50%) keeps the grid
+inside the basin, where the loss is still a smooth function of the weights, yet far enough out
+that the surface's curvature is large against the sample noise of a loss. A positive ``radius``
+is used as given.
 
-Defaults (the paper omits n and r): n = 9, r = 0.005 (on the demo model, r = 0.05 already
-triples the loss a quarter of the way out, and 0.005 shows the basin's shape), 32 samples
-(the paper's); all are parameters.
+Structural difference (eq. 8): 100 * (1 - corr(Lap L_base, Lap L_ft)), Pearson's r over grid
+points. The paper says only "finite differences on our computed grid"; here Lap is the 5-point
+stencil at the (n-2)^2 interior points, the only ones with all four neighbours: any boundary rule
+that replicates edge values turns the edge Laplacian into a first difference, so two surfaces
+with equal curvature and different slopes would differ by their slopes alone. An interval: the
+percentile bootstrap over interior points (they are not independent, so it is optimistic; the
+floor below is the yardstick).
+
+Noise floor (``floor=True``, 1.5x the surfaces): the ``samples`` of a set are split into halves
+A and B, each model's surface is computed on each half with the same directions, and the
+reported surface is their sample-weighted mean (exactly the surface on all samples). Then
+``structural_difference_floor`` = max over the two models of SD(L_m^A, L_m^B): the difference
+between two landscapes of the same model that differ only in which samples they average, i.e.
+what resampling alone gives. Being from half-size batches it over-states the resampling noise of
+the full-batch difference (conservative). ``structural_difference_repeats``: the pair's
+difference on half A, on half B, and on half A with a second direction pair (seeds 3000, 4000),
+next to the two same-model differences.
+
+Defaults, chosen for time (the paper: 32 samples; its grid size is not legible): a 7 x 7 grid
+(25 interior Laplacian points) and 8 samples (two halves of 4), one example per forward pass (no
+padding), so the default run with its floor (2 models x 2 sets x 3 half-surfaces of 49 points,
+about 2 x 10^5 token positions) fits 15 minutes on 2 idle CPU cores for the 135M demo world;
+a 9 x 9 grid or 16 samples would not. ``--grid 11 --samples 32`` (and ``--no-floor``) are options.
+Losses count the ``content`` tokens and are cut at 256 tokens, as in the correlation analysis
+(``core.world.loss``).
 """
 
 from __future__ import annotations
 
+import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from scipy import ndimage, stats
+from scipy import stats
 
 from core.base.cache import memoize
 from core.base.errors import InputError
 from core.base.options import from_args, option
 from core.base.progress import Progress
+from core.base.stats import bootstrap_interval
 from core.base.tensors import cosine
 from core.geometry.correlation import default_sets
 from core.geometry.registry import Analysis, register_analysis
 from core.world.data import Example, override_sets
 from core.world.data import fingerprint as data_fingerprint
-from core.world.loss import encode_batches, per_example_loss
+from core.world.loss import TOKEN_RULES, encode_batches, per_example_loss
 from core.world.model_pair import pair_from_args
 from core.world.models import ModelSpec, fingerprint, load_model, load_tokenizer
 
-DIRECTION_SEEDS = (1000, 2000)
+DIRECTION_SEEDS = (1000, 2000)  # the paper's (B.3)
+SECOND_SEEDS = (3000, 4000)  # the repeat with a second direction pair (noise floor)
 GRAD_CHUNK = 4
+RADIUS_START = 0.005  # first trial radius of the fit, in units of ||theta_P|| along d_1
+RADIUS_CAP = 0.5  # largest fitted radius, same units
+RADIUS_TOLERANCE = 1.05  # bisection stops when the bracket's hi / lo is at most this
+FIT_SETS = ("benign", "general")  # the set the radius is fitted on, if present (else the first)
+
+Directions = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
 class LandscapeConfig:
-    grid: int = option(9, "n x n grid points", label="Grid points per axis", low=3, high=51)
-    radius: float = option(
-        0.005,
-        "coefficients in [-r, r], fractions of weight norms",
-        label="Radius (fraction of weight norms)",
-        low=1e-4,
-        high=1.0,
+    grid: int = option(
+        7, "n x n grid points, n odd (interior Laplacian on (n-2)^2)", label="Grid points per axis", low=5, high=51
     )
-    samples: int = option(32, "samples per loss evaluation (the paper's 32)", label="Samples per loss", low=1, high=256)
-    batch_size: int = 16
-    max_length: int = 192
+    radius: float = option(
+        0.0,
+        "coefficients in [-r, r] (gradient directions: weight-space distance); 0 fits r by --rise",
+        label="Radius (0: fit)",
+        low=0.0,
+    )
+    rise: float = option(
+        0.5,
+        "fitted radius: the base model's benign loss at distance r along d1 is (1 + rise) x its loss at the centre",
+        label="Loss rise at the fitted radius",
+        low=0.01,
+        high=10.0,
+    )
+    samples: int = option(8, "samples per loss evaluation (paper: 32)", label="Samples per loss", low=2, high=256)
+    floor: bool = option(True, "noise floor: half-batch, same-model and second-seed differences (1.5x time)")
+    tokens: str = option(
+        "content", "tokens the loss counts (as in the correlation analysis)", label="Tokens", choices=TOKEN_RULES
+    )
+    batch_size: int = 1  # no padding: on a CPU a padded position costs as much as a real one
+    max_length: int = 256
     directions: str = option(
         "gradient",
-        "gradient (paper B.3) or random (filter-normalised, Li et al. 2018)",
+        "gradient (paper B.3, eq. 6) or random (filter-normalised, Li et al. 2018)",
         label="Directions",
         choices=("gradient", "random"),
     )
@@ -72,18 +131,24 @@ class LandscapeConfig:
     )
 
     def validate(self) -> None:
-        if self.grid < 3:
+        if self.grid < 5 or self.grid % 2 == 0:
             raise InputError(
-                f"--grid {self.grid} is too small for a Laplacian.", "use a grid of at least 3 (default 11)."
+                f"--grid {self.grid} must be odd and at least 5 (a centre, and 9+ interior Laplacian points).",
+                "use an odd grid such as 7 (the default) or 11.",
             )
-        if not self.radius > 0:
-            raise InputError(f"--radius {self.radius} must be positive.", "use a radius such as 0.05.")
+        if not self.radius >= 0:
+            raise InputError(f"--radius {self.radius} must be 0 (fit) or positive.", "use 0 to fit the radius.")
+        if not self.rise > 0:
+            raise InputError(f"--rise {self.rise} must be positive.", "use 0.5 (a +50% loss rise, the default).")
         if self.directions not in ("gradient", "random"):
             raise InputError(f"Unknown --directions '{self.directions}'.", "use gradient or random.")
-        if self.samples < 1:
-            raise InputError(f"--samples {self.samples} must be at least 1.", "use 32 (the paper's value).")
+        if self.tokens not in TOKEN_RULES:
+            raise InputError(f"Unknown --tokens '{self.tokens}'.", f"use one of {', '.join(TOKEN_RULES)}.")
+        if self.samples < (2 if self.floor else 1):
+            raise InputError(f"--samples {self.samples} is too small.", "use 8 (the default) or 32 (the paper's).")
 
 
+# ---------------------------------------------------------------------------- directions (eq. 6)
 def perturbed_parameters(model: torch.nn.Module, modules: tuple[str, ...]) -> dict[str, torch.nn.Parameter]:
     """The 2-D weight matrices of the named module kinds (attention and MLP by default)."""
     params = {n: p for n, p in model.named_parameters() if p.ndim == 2 and any(f".{m}." in n for m in modules)}
@@ -93,6 +158,11 @@ def perturbed_parameters(model: torch.nn.Module, modules: tuple[str, ...]) -> di
             "name module kinds present in the model, e.g. self_attn, mlp.",
         )
     return params
+
+
+def global_norm(tensors: dict[str, torch.Tensor]) -> float:
+    """L2 norm of all tensors taken as one vector (accumulated in float64)."""
+    return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors.values()))
 
 
 def mean_loss(model, batches: list[dict]) -> float:
@@ -107,87 +177,189 @@ def mean_loss(model, batches: list[dict]) -> float:
 
 
 def gradient(model, params: dict[str, torch.nn.Parameter], batches: list[dict]) -> dict[str, torch.Tensor]:
-    """Loss gradient accumulated over the batches, for the given parameters only."""
+    """Gradient of the mean per-example loss over the batches, for the given parameters only."""
     for p in model.parameters():
         p.requires_grad_(False)
     for p in params.values():
         p.requires_grad_(True)
         p.grad = None
     n = sum(b["input_ids"].shape[0] for b in batches)
-    for batch in batches:
-        for i in range(0, batch["input_ids"].shape[0], GRAD_CHUNK):  # small chunks bound the backward's activations
-            chunk = {k: v[i : i + GRAD_CHUNK] for k, v in batch.items()}
-            (per_example_loss(model, chunk).sum() / n).backward()
-    grads = {name: p.grad.detach().clone() for name, p in params.items()}
-    for p in params.values():
-        p.grad = None
-        p.requires_grad_(False)
-    return grads
+    try:
+        for batch in batches:
+            for i in range(0, batch["input_ids"].shape[0], GRAD_CHUNK):  # small chunks bound the activations
+                chunk = {k: v[i : i + GRAD_CHUNK] for k, v in batch.items()}
+                (per_example_loss(model, chunk).sum() / n).backward()
+        return {name: p.grad.detach().clone() for name, p in params.items()}
+    finally:
+        for p in params.values():
+            p.grad = None
+            p.requires_grad_(False)
 
 
-def gradient_direction(
-    grads: dict[str, torch.Tensor], params: dict[str, torch.Tensor], seed: int
-) -> dict[str, torch.Tensor]:
-    """Eq. 6: g * s (element-wise Gaussian scaling from ``seed``), each tensor scaled to its weight's norm."""
+def gradient_direction(grads: dict[str, torch.Tensor], seed: int) -> Directions:
+    """Eq. 6: (g * s) / ||g * s||, s an element-wise Gaussian from ``seed``, one norm over all tensors."""
     gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, g in grads.items():
-        s = torch.randn(g.shape, generator=gen).to(g.device, g.dtype)
-        d = g * s
-        out[name] = d * (params[name].norm() / d.norm().clamp_min(1e-12))
-    return out
+    raw = {n: g.float() * torch.randn(g.shape, generator=gen).to(g.device) for n, g in grads.items()}
+    norm = global_norm(raw)
+    if not norm > 0:
+        raise InputError(
+            "The loss gradient is zero on the landscape samples.", "use other samples or --directions random."
+        )
+    return {n: (d / norm).to(grads[n].dtype) for n, d in raw.items()}
 
 
-def random_direction(params: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-    """Filter-normalised Gaussian direction (Li et al. 2018): each output row gets its weight row's norm."""
+def random_direction(
+    params: dict[str, torch.Tensor], seed: int, row_norms: dict[str, torch.Tensor] | None = None
+) -> Directions:
+    """Filter-normalised Gaussian direction (Li et al. 2018): each output row gets the norm of the
+    weight row (``row_norms``, default those of ``params``, shape rows x 1)."""
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for name, p in params.items():
+        norms = p.detach().norm(dim=1, keepdim=True) if row_norms is None else row_norms[name]
         d = torch.randn(p.shape, generator=gen).to(p.device, p.dtype)
-        out[name] = d * (p.norm(dim=1, keepdim=True) / d.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        out[name] = d * (norms / d.norm(dim=1, keepdim=True).clamp_min(1e-12))
     return out
 
 
-def surface(
-    model, params, d1, d2, coords: np.ndarray, batches: list[dict], progress: Progress, label: str
-) -> np.ndarray:
-    """Loss on the grid, row by row (row i = coefficient a_i on d1), restoring the weights exactly."""
+# ---------------------------------------------------------------------------- grid (eq. 7)
+def set_point(
+    params: dict[str, torch.nn.Parameter],
+    theta0: dict[str, torch.Tensor],
+    d1: Directions,
+    d2: Directions | None,
+    a: float,
+    b: float = 0.0,
+) -> None:
+    """Weights = theta0 + a d1 + b d2 (``d2=None``: no second term), computed per tensor in fp32 from
+    theta0 and cast once to the weights' dtype: the same closed form at every point, no drift."""
+    with torch.no_grad():
+        for n, p in params.items():
+            direct = p.dtype == torch.float32  # fp32 weights: the sum is written in place
+            w = torch.add(theta0[n], d1[n], alpha=a, out=p.data) if direct else theta0[n].float().add_(d1[n], alpha=a)
+            if d2 is not None:
+                w.add_(d2[n], alpha=b)
+            if not direct:
+                p.data.copy_(w)
+
+
+@contextmanager
+def restoring(params: dict[str, torch.nn.Parameter]) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield a copy of the weights (theta0) and copy it back bit-exactly on leaving (also on error)."""
     theta0 = {n: p.detach().clone() for n, p in params.items()}
-    values = np.full((len(coords), len(coords)), np.nan)
     try:
+        yield theta0
+    finally:
+        with torch.no_grad():
+            for n, p in params.items():
+                p.data.copy_(theta0[n])
+
+
+def surface(
+    model, params, d1, d2, coords: np.ndarray, batches: list[dict], progress: Progress, label: str, part: str = "all"
+) -> np.ndarray:
+    """Loss on the grid, row by row (row i = coefficient a_i on d1); each row is a partial result."""
+    values = np.full((len(coords), len(coords)), np.nan)
+    with restoring(params) as theta0:
         for i, a in enumerate(coords):
-            with torch.no_grad():
-                for n, p in params.items():
-                    torch.add(theta0[n], d1[n], alpha=float(a), out=p.data)
-                    p.data.add_(d2[n], alpha=float(coords[0]))
             for j, b in enumerate(coords):
-                if j:
-                    with torch.no_grad():
-                        for n, p in params.items():
-                            p.data.add_(d2[n], alpha=float(b - coords[j - 1]))
+                set_point(params, theta0, d1, d2, float(a), float(b))
                 values[i, j] = mean_loss(model, batches)
             if not np.all(np.isfinite(values[i])):
                 raise InputError(
                     f"NaN or infinite loss on the {label} landscape at row {i}.", "use a smaller --radius or float32."
                 )
-            progress.update(
-                (i + 1) / len(coords),
-                f"{label}: row {i + 1}/{len(coords)}",
-                {"label": label, "row": i, "values": values[i].tolist()},
-            )
-    finally:
-        with torch.no_grad():
-            for n, p in params.items():
-                p.data.copy_(theta0[n])
+            row = {"label": label, "part": part, "row": i, "values": values[i].tolist(), "coords": coords.tolist()}
+            progress.update((i + 1) / len(coords), f"{label} ({part}): row {i + 1}/{len(coords)}", row)
     return values
 
 
-def structural_difference(base: np.ndarray, finetuned: np.ndarray) -> float:
-    """Eq. 8: 100 * (1 - Pearson corr of the two surfaces' finite-difference Laplacians)."""
-    lb, lf = ndimage.laplace(base, mode="nearest").ravel(), ndimage.laplace(finetuned, mode="nearest").ravel()
-    if np.std(lb) == 0 or np.std(lf) == 0:
+# ---------------------------------------------------------------------------- radius
+def fit_radius(
+    loss_along: Callable[[float], float],
+    loss0: float,
+    rise: float,
+    start: float,
+    cap: float,
+    tolerance: float = RADIUS_TOLERANCE,
+) -> dict:
+    """The distance r at which max(loss(+r), loss(-r)) first reaches (1 + rise) * loss0: geometric
+    bracketing from ``start`` (doubling up to ``cap``, or halving), then bisection in log r until
+    the bracket's ratio is at most ``tolerance``; r is the bracket's geometric mean. A NaN or
+    infinite loss counts as risen."""
+    target, calls = (1.0 + rise) * loss0, [0]
+
+    def risen(r: float) -> bool:
+        for t in (r, -r):
+            calls[0] += 1
+            value = loss_along(t)
+            if not math.isfinite(value) or value >= target:
+                return True
+        return False
+
+    lo, hi, r = 0.0, math.inf, min(start, cap)
+    while lo == 0.0 and r > start * 2.0**-30:  # below start: halve until the rise is gone
+        if not risen(r):
+            lo = r
+        else:
+            hi, r = r, r / 2
+    while hi == math.inf:  # above: double until the rise is reached or the cap
+        if lo >= cap:
+            return {"radius": cap, "capped": True, "evaluations": calls[0], "target_loss": target}
+        r = min(2 * r, cap)
+        if risen(r):
+            hi = r
+        else:
+            lo = r
+    while lo > 0 and hi / lo > tolerance:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if risen(mid) else (mid, hi)
+    return {
+        "radius": math.sqrt(lo * hi) if lo > 0 else hi,
+        "capped": False,
+        "evaluations": calls[0],
+        "target_loss": target,
+    }
+
+
+def _fit(model, params, d1: Directions, batches: list[dict], config: LandscapeConfig, progress: Progress) -> dict:
+    """Fit the radius along d1 on the base model (see the module docstring)."""
+    scale = global_norm(params) / global_norm(d1)  # the step that moves the weights by ||theta_P||
+    with restoring(params) as theta0:
+        loss0 = mean_loss(model, batches)
+
+        def loss_along(t: float) -> float:
+            set_point(params, theta0, d1, None, t)
+            value = mean_loss(model, batches)
+            progress.update(0.5, f"radius fit: loss {value:.3f} at {t:+.4g} (centre {loss0:.3f})")
+            return value
+
+        fit = fit_radius(loss_along, loss0, config.rise, RADIUS_START * scale, RADIUS_CAP * scale)
+    return {**fit, "centre_loss": loss0, "rise": config.rise}
+
+
+# ---------------------------------------------------------------------------- structural difference (eq. 8)
+def laplacian(values: np.ndarray, spacing: float = 1.0) -> np.ndarray:
+    """5-point finite-difference Laplacian at the interior points (all four neighbours exist)."""
+    z = np.asarray(values, dtype=float)
+    return (z[2:, 1:-1] + z[:-2, 1:-1] + z[1:-1, 2:] + z[1:-1, :-2] - 4 * z[1:-1, 1:-1]) / spacing**2
+
+
+def _difference(lb: np.ndarray, lf: np.ndarray) -> float:
+    if len(lb) < 2 or np.std(lb) == 0 or np.std(lf) == 0:
         return float("nan")
     return float(100.0 * (1.0 - stats.pearsonr(lb, lf).statistic))
+
+
+def structural_difference(base: np.ndarray, finetuned: np.ndarray) -> float:
+    """Eq. 8: 100 * (1 - Pearson r of the two surfaces' interior Laplacians); NaN if one is flat."""
+    return _difference(laplacian(base).ravel(), laplacian(finetuned).ravel())
+
+
+def difference_interval(base: np.ndarray, finetuned: np.ndarray) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of eq. 8 over the interior grid points."""
+    lb, lf = laplacian(base).ravel(), laplacian(finetuned).ravel()
+    return bootstrap_interval(np.arange(len(lb)), lambda idx: _difference(lb[idx.astype(int)], lf[idx.astype(int)]))
 
 
 def cross_sections(values: np.ndarray) -> dict[str, list[float]]:
@@ -196,56 +368,170 @@ def cross_sections(values: np.ndarray) -> dict[str, list[float]]:
     return {"d1": values[:, c].tolist(), "d2": values[c, :].tolist()}
 
 
-def _directions(model, params, tokenizer, batches, config: LandscapeConfig):
+# ---------------------------------------------------------------------------- the run
+def _batches(tokenizer, examples: list[Example], config: LandscapeConfig) -> list[dict]:
+    return encode_batches(tokenizer, examples, config.batch_size, config.max_length, config.tokens)
+
+
+def _parts(examples: list[Example], config: LandscapeConfig) -> dict[str, list[Example]]:
+    """The samples of one set: one part ("all"), or halves "a" and "b" for the floor."""
+    ex = examples[: config.samples]
+    if not config.floor:
+        return {"all": ex}
+    if len(ex) < 2:
+        raise InputError(
+            f"The noise floor needs 2 or more samples per set, got {len(ex)}.", "add examples or --no-floor."
+        )
+    return {"a": ex[: len(ex) // 2], "b": ex[len(ex) // 2 :]}
+
+
+def _directions(params, reference, seeds: tuple[int, int], config: LandscapeConfig) -> tuple[Directions, Directions]:
+    """The direction pair of ``seeds``: from the base's gradient, or random with the base's row norms."""
     if config.directions == "random":
-        return [random_direction(params, s) for s in DIRECTION_SEEDS]
-    grads = gradient(model, params, batches)
-    return [gradient_direction(grads, params, s) for s in DIRECTION_SEEDS]
+        return random_direction(params, seeds[0], reference), random_direction(params, seeds[1], reference)
+    return gradient_direction(reference, seeds[0]), gradient_direction(reference, seeds[1])
+
+
+def _jobs(config: LandscapeConfig) -> dict[tuple[int, int], list[tuple[str, str]]]:
+    """Per direction pair, the (part, batch) surfaces of one (set, model)."""
+    if not config.floor:
+        return {DIRECTION_SEEDS: [("all", "all")]}
+    return {DIRECTION_SEEDS: [("a", "a"), ("b", "b")], SECOND_SEEDS: [("seeds", "a")]}
+
+
+def _everything(parts: dict[str, list[dict]]) -> list[dict]:
+    return [b for batches in parts.values() for b in batches]
+
+
+def _prepare(model, params, data: dict, config: LandscapeConfig, state: dict, progress: Progress) -> None:
+    """On the base model: what defines each set's directions (gradient or row norms), then the radius."""
+    for k, (set_name, parts) in enumerate(data.items()):
+        if config.directions == "random":
+            state["reference"][set_name] = {n: p.detach().norm(dim=1, keepdim=True) for n, p in params.items()}
+        else:
+            progress.update(k / (len(data) + 1), f"{set_name}: gradient for the directions")
+            state["reference"][set_name] = gradient(model, params, _everything(parts))
+    if config.radius > 0:
+        state["radius"] = {"radius": config.radius, "fitted": False}
+        return
+    fit_set, t = next((s for s in FIT_SETS if s in data), next(iter(data))), time.monotonic()
+    d1, _ = _directions(params, state["reference"][fit_set], DIRECTION_SEEDS, config)
+    stage = progress.stage(len(data) / (len(data) + 1), 1.0)
+    fit = _fit(model, params, d1, _everything(data[fit_set]), config, stage)
+    state["radius"] = {**fit, "fitted": True, "set": fit_set, "seconds": time.monotonic() - t}
+
+
+def _set_surfaces(name, model, params, set_name, parts, config, state, progress) -> dict:
+    """The surfaces of one (set, model), keyed by part."""
+    radius = state["radius"]["radius"]
+    coords = np.linspace(-radius, radius, config.grid)
+    jobs, out = _jobs(config), {}
+    n_jobs, done = sum(len(v) for v in jobs.values()), 0
+    for seeds, surfaces in jobs.items():
+        d1, d2 = _directions(params, state["reference"][set_name], seeds, config)
+        if name == "base":
+            state["cosine"].setdefault(set_name, {})[str(seeds)] = cosine(d1, d2)
+        for part, batch in surfaces:
+            t, label = time.monotonic(), f"{set_name}/{name}"
+            stage = progress.stage(done / n_jobs, (done + 1) / n_jobs)
+            out[part] = surface(model, params, d1, d2, coords, parts[batch], stage, label, part)
+            state["seconds"][f"{label}/{part}"] = time.monotonic() - t
+            done += 1
+    return out
+
+
+def _model_pass(name: str, spec: ModelSpec, data: dict, config: LandscapeConfig, state: dict, progress) -> dict:
+    """All surfaces of one model, keyed by (set, part); on the base first the directions and radius."""
+    model = load_model(spec, merge=True)  # one model in memory at a time
+    params = perturbed_parameters(model, config.modules)
+    if name == "base":
+        state["names"] = set(params)
+        _prepare(model, params, data, config, state, progress.stage(0.0, 0.1))
+        progress = progress.stage(0.1, 1.0)
+    elif set(params) != state["names"]:
+        raise InputError(
+            "Base and fine-tuned models do not share parameter names.",
+            "pass a fine-tune of this base (same architecture).",
+        )
+    out = {}
+    for k, (set_name, parts) in enumerate(data.items()):
+        stage = progress.stage(k / len(data), (k + 1) / len(data))
+        for part, values in _set_surfaces(name, model, params, set_name, parts, config, state, stage).items():
+            out[set_name, part] = values
+    return out
+
+
+def _pooled(by_part: dict[str, np.ndarray], sizes: dict[str, int]) -> np.ndarray:
+    """The surface over all samples: the halves' means weighted by their sizes."""
+    if "all" in by_part:
+        return by_part["all"]
+    return (sizes["a"] * by_part["a"] + sizes["b"] * by_part["b"]) / (sizes["a"] + sizes["b"])
+
+
+def _floor(surf: dict[tuple[str, str], np.ndarray]) -> tuple[float, dict[str, float]]:
+    """The same-model floor and the pair's repeats for one set (see the module docstring)."""
+    sd = structural_difference
+    repeats = {
+        "half_a": sd(surf["base", "a"], surf["finetuned", "a"]),
+        "half_b": sd(surf["base", "b"], surf["finetuned", "b"]),
+        "half_a_second_seeds": sd(surf["base", "seeds"], surf["finetuned", "seeds"]),
+        "same_model_base": sd(surf["base", "a"], surf["base", "b"]),
+        "same_model_finetuned": sd(surf["finetuned", "a"], surf["finetuned", "b"]),
+    }
+    same = [repeats["same_model_base"], repeats["same_model_finetuned"]]
+    return (float(np.nanmax(same)) if not np.all(np.isnan(same)) else float("nan")), repeats
 
 
 def _compute(
     pair: dict[str, ModelSpec], sets: dict[str, list[Example]], config: LandscapeConfig, progress: Progress
 ) -> dict:
-    coords = np.linspace(-config.radius, config.radius, config.grid)
     tokenizer = load_tokenizer(pair["base"])
-    batches = {
-        k: encode_batches(tokenizer, v[: config.samples], config.batch_size, config.max_length) for k, v in sets.items()
+    parts = {s: _parts(v, config) for s, v in sets.items()}
+    sizes = {s: {p: len(ex) for p, ex in by.items()} for s, by in parts.items()}
+    data = {s: {p: _batches(tokenizer, ex, config) for p, ex in by.items()} for s, by in parts.items()}
+    order = ["base"] + [m for m in pair if m != "base"]  # the base defines directions and radius
+    state: dict = {"cosine": {}, "seconds": {}, "reference": {}}
+    raw: dict[str, dict] = {}
+    for k, model_name in enumerate(order):
+        stage = progress.stage(k / len(order), (k + 1) / len(order))
+        for (s, part), values in _model_pass(model_name, pair[model_name], data, config, state, stage).items():
+            raw.setdefault(s, {})[model_name, part] = values
+    state.pop("reference")
+    progress.update(1.0, "landscape done")
+    return _answer(raw, sizes, order, config, state)
+
+
+def _answer(raw: dict, sizes: dict, order: list[str], config: LandscapeConfig, state: dict) -> dict:
+    radius = state["radius"]["radius"]
+    surfaces = {
+        s: {m: _pooled({p: v for (mm, p), v in by.items() if mm == m and p != "seeds"}, sizes[s]) for m in order}
+        for s, by in raw.items()
     }
     result: dict = {
-        "coords": coords.tolist(),
-        "surfaces": {},
-        "cross_sections": {},
-        "cosine": {},
+        "coords": np.linspace(-radius, radius, config.grid).tolist(),
+        "radius": radius,
+        "radius_fit": state["radius"],
+        "coefficient_units": "weight-space distance" if config.directions == "gradient" else "fraction of row norm",
+        "surfaces": {s: {m: v.tolist() for m, v in by.items()} for s, by in surfaces.items()},
+        "cross_sections": {s: {m: cross_sections(v) for m, v in by.items()} for s, by in surfaces.items()},
+        "cosine": {s: c[str(DIRECTION_SEEDS)] for s, c in state["cosine"].items()},
+        "cosine_second_seeds": {s: c.get(str(SECOND_SEEDS)) for s, c in state["cosine"].items()},
+        "samples": sizes,
         "structural_difference": {},
-        "seconds": {},
+        "structural_difference_interval": {},
+        "structural_difference_floor": {},
+        "structural_difference_repeats": {},
+        "seconds": state["seconds"],
     }
-    order = ["base"] + [m for m in pair if m != "base"]  # the base defines each set's directions
-    jobs = [(s, m) for s in sets for m in order]
-    base_names: set[str] = set()
-    for k, (set_name, model_name) in enumerate(jobs):
-        stage = progress.stage(k / len(jobs), (k + 1) / len(jobs))
-        model = load_model(pair[model_name], merge=True)  # one model in memory at a time
-        params = perturbed_parameters(model, config.modules)
-        if model_name == "base":
-            d1, d2 = _directions(model, params, tokenizer, batches[set_name], config)
-            result["cosine"][set_name] = cosine(d1, d2)
-            dirs, base_names = (d1, d2), set(params)
-        elif set(params) != base_names:
-            raise InputError(
-                "Base and fine-tuned models do not share parameter names.",
-                "pass a fine-tune of this base (same architecture).",
-            )
-        t = time.monotonic()
-        values = surface(model, params, dirs[0], dirs[1], coords, batches[set_name], stage, f"{set_name}/{model_name}")
-        result["seconds"][f"{set_name}/{model_name}"] = time.monotonic() - t
-        result["surfaces"].setdefault(set_name, {})[model_name] = values.tolist()
-        result["cross_sections"].setdefault(set_name, {})[model_name] = cross_sections(values)
-        del model, params
-    for set_name, by_model in result["surfaces"].items():
-        result["structural_difference"][set_name] = structural_difference(
-            np.array(by_model["base"]), np.array(by_model["finetuned"])
-        )
-    progress.update(1.0, "landscape done")
+    for s, by in surfaces.items():
+        if "finetuned" not in by:
+            continue
+        result["structural_difference"][s] = structural_difference(by["base"], by["finetuned"])
+        result["structural_difference_interval"][s] = list(difference_interval(by["base"], by["finetuned"]))
+        if config.floor:
+            floor, repeats = _floor(raw[s])
+            result["structural_difference_floor"][s] = floor
+            result["structural_difference_repeats"][s] = repeats
     return result
 
 
@@ -255,7 +541,8 @@ def loss_landscape(
     config: LandscapeConfig = LandscapeConfig(),
     progress: Progress | None = None,
 ) -> dict:
-    """Surfaces for every (set, model), the directions' cosine, the Laplacian structural difference (%)."""
+    """Surfaces for every (set, model), the radius, the directions' cosine, the Laplacian structural
+    difference (%) with its bootstrap interval, its noise floor and repeats."""
     config.validate()
     for name, examples in sets.items():
         if not examples:
@@ -265,18 +552,18 @@ def loss_landscape(
         "data": {k: data_fingerprint(v[: config.samples]) for k, v in sets.items()},
         "config": asdict(config),
     }
-    return memoize("landscape", key, lambda: _compute(pair, sets, config, progress or Progress()))
+    return memoize("landscape-v2", key, lambda: _compute(pair, sets, config, progress or Progress()))
 
 
 def command(args, progress: Progress) -> dict:
-    """``python -m core landscape``: surfaces, structural differences and each surface's centre loss."""
+    """``python -m core landscape``: surfaces, structural differences with floors, each surface's centre loss."""
     config = from_args(LandscapeConfig, args)
     defaults = default_sets(args.seed, config.samples)
     sets = override_sets({"harmful": defaults["harmful"], "benign": defaults["general"]}, args)
     result = loss_landscape(pair_from_args(args, progress), sets, config, progress)
     mid = config.grid // 2
     center = {s: {m: v[mid][mid] for m, v in by.items()} for s, by in result["surfaces"].items()}
-    return {**result, "grid": config.grid, "radius": config.radius, "center_loss": center}
+    return {**result, "grid": config.grid, "center_loss": center}
 
 
 register_analysis(

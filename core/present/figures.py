@@ -170,6 +170,8 @@ def _truncate(text: str, n: int = 80) -> str:
 
 # ---------------------------------------------------------------------------- correlation
 CORRELATION_SETS = ("harmful", "task", "general")
+CORRELATION_NUMBERS = ("r", "ci_low", "ci_high", "p_value", "n", "null_r_mean", "null_r_min", "null_r_max", "null_n")
+NULL_NOTE = "null r: base vs base + random noise of the fine-tune's per-tensor size"
 
 
 def _correlation_sets(result: dict | None) -> list[str]:
@@ -177,19 +179,34 @@ def _correlation_sets(result: dict | None) -> list[str]:
     return [s for s in _ordered(result, CORRELATION_SETS) if isinstance(result[s], dict) and result[s].get("pairs")]
 
 
+def _null_range(data: dict) -> str:
+    """'lo to hi' of a set's null r values, or '' when the answer has none."""
+    lo, hi = _finite(data.get("null_r_min")), _finite(data.get("null_r_max"))
+    return "" if lo is None or hi is None else f"{lo:.2f} to {hi:.2f}"
+
+
+def _panel_title(name: str, data: dict) -> str:
+    title = f"{name} (r = {_fmt(data.get('r'))}, n = {len(data['pairs'])})"
+    null = _null_range(data)
+    return f"{title}<br>null r {null}" if null else title
+
+
 def correlation_scatter(result: dict | None) -> go.Figure:
-    """Per set, each prompt's loss under the base (x) and the fine-tuned model (y), with y = x."""
+    """Per set, each prompt's loss under the base (x) and the fine-tuned model (y), with y = x;
+    each panel's title gives r and, where computed, the null r range of a same-size random drift."""
     title = "Per-prompt loss: base vs fine-tuned"
     sets = _correlation_sets(result)
     if not sets:
         return no_data(title)
-    titles = [f"{s} (r = {_fmt(result[s].get('r'))}, n = {len(result[s]['pairs'])})" for s in sets]
+    titles = [_panel_title(s, result[s]) for s in sets]
     fig = make_subplots(rows=1, cols=len(sets), subplot_titles=titles, horizontal_spacing=0.08)
     for col, name in enumerate(sets, start=1):
         _add_correlation_panel(fig, result[name], name, col)
     fig.update_xaxes(title_text="base model loss (nats)")
     fig.update_yaxes(title_text="fine-tuned model loss (nats)", col=1)
-    return _finish(fig, title, showlegend=True, legend=dict(orientation="h", y=-0.18, x=0))
+    if any(_null_range(result[s]) for s in sets):
+        title = f"{title}<br><sup>{NULL_NOTE}</sup>"
+    return _finish(fig, title, showlegend=True, legend=dict(orientation="h", y=-0.18, x=0), margin=dict(t=150))
 
 
 def _add_correlation_panel(fig: go.Figure, data: dict, name: str, col: int) -> None:
@@ -234,8 +251,22 @@ def _add_correlation_panel(fig: go.Figure, data: dict, name: str, col: int) -> N
     fig.update_yaxes(range=[lo, hi], row=1, col=col)
 
 
+def _interval_arrays(result: dict, sets: list[str], model: str) -> dict[str, list[float]] | None:
+    """Plotly error_y arrays from each set's ``mean_loss_<model>_ci``, or None if any is missing."""
+    plus, minus = [], []
+    for s in sets:
+        mean, ci = _finite(result[s].get(f"mean_loss_{model}")), result[s].get(f"mean_loss_{model}_ci")
+        lo, hi = (_finite(ci[0]), _finite(ci[1])) if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None)
+        if mean is None or lo is None or hi is None:
+            return None
+        plus.append(max(hi - mean, 0.0))
+        minus.append(max(mean - lo, 0.0))
+    return {"array": plus, "arrayminus": minus}
+
+
 def mean_loss_bars(result: dict | None) -> go.Figure:
-    """Mean loss per set for the base and the fine-tuned model, side by side."""
+    """Mean loss per set for the base and the fine-tuned model, side by side, with 95% bootstrap
+    intervals where the answer has them."""
     title = "Mean loss per set: base vs fine-tuned"
     result = result or {}
     sets = [
@@ -244,36 +275,44 @@ def mean_loss_bars(result: dict | None) -> go.Figure:
     if not sets:
         return no_data(title)
     fig = go.Figure()
+    with_ci = False
     for model in ("base", "finetuned"):
         ys = [_finite(result[s].get(f"mean_loss_{model}")) for s in sets]
+        errors = _interval_arrays(result, sets, model)
+        with_ci = with_ci or errors is not None
         fig.add_trace(
             go.Bar(
                 x=sets,
                 y=ys,
                 name=_label(model),
                 marker_color=ROLE_COLOURS[model],
+                error_y=dict(type="data", color="#444444", thickness=2, **errors) if errors else None,
                 texttemplate="%{y:.2f}",
                 textposition="outside",
             )
         )
     fig.update_xaxes(title_text="prompt set")
-    fig.update_yaxes(title_text="mean loss (nats)")
+    fig.update_yaxes(title_text="mean loss (nats)" + (", 95% bootstrap CI" if with_ci else ""))
     return _finish(fig, title, barmode="group")
 
 
 def correlation_table(result: dict | None) -> list[dict]:
-    """One row per set: Pearson r, its 95% confidence interval, p-value and n."""
+    """One row per set: Pearson r, its 95% confidence interval, p-value, n and the null r range
+    (base vs base + random noise of the fine-tune's per-tensor size; mean and min to max)."""
     result = result or {}
     rows = []
     for name in _correlation_sets(result):
         d = result[name]
+        null = _null_range(d)
         rows.append(
             {
                 "set": name,
-                "r": _finite(d.get("r")),
+                "Pearson r": _finite(d.get("r")),
                 "95% CI": f"[{_fmt(d.get('ci_low'))}, {_fmt(d.get('ci_high'))}]",
-                "p": _fmt(d.get("p_value"), ".2g"),
+                "p-value": _fmt(d.get("p_value"), ".2g"),
                 "n": int(d.get("n", len(d["pairs"]))),
+                "null r (range)": f"{_fmt(d.get('null_r_mean'))} ({null})" if null else "not computed",
+                "null n × seeds": f"{d.get('null_n', 0)} × {len(d.get('null_r') or [])}" if null else "",
             }
         )
     return rows
@@ -285,9 +324,15 @@ LANDSCAPE_MODELS = ("base", "finetuned")
 CAMERA = dict(eye=dict(x=1.25, y=-1.25, z=0.75), up=dict(x=0, y=0, z=1))
 
 
+def _coefficient_unit(result: dict | None) -> str:
+    """What a grid coefficient measures (answers before ``coefficient_units`` used weight-norm fractions)."""
+    units = (result or {}).get("coefficient_units") or "fraction of weight norm"
+    return "weight-space distance" if units == "weight-space distance" else "fraction of weight norm"
+
+
 def landscape_surfaces(result: dict | None) -> go.Figure:
     """Rows: sets; columns: models. One shared colour scale and z range, one camera for all."""
-    title = "Loss landscapes (α, β: fractions of each weight's norm)"
+    title = f"Loss landscapes (α, β: {_coefficient_unit(result)} along d1, d2)"
     surfaces = {
         s: {m: _grid(z) for m, z in (by_model or {}).items() if z}
         for s, by_model in ((result or {}).get("surfaces") or {}).items()
@@ -298,11 +343,12 @@ def landscape_surfaces(result: dict | None) -> go.Figure:
     models = _ordered({m for s in sets for m in surfaces[s]}, LANDSCAPE_MODELS)
     bounds = _range(z for s in sets for z in surfaces[s].values()) or (0.0, 1.0)
     diff = (result or {}).get("structural_difference") or {}
+    floor = (result or {}).get("structural_difference_floor") or {}
     fig = make_subplots(
         rows=len(sets),
         cols=len(models),
         specs=[[{"type": "scene"}] * len(models) for _ in sets],
-        subplot_titles=[_surface_title(s, m, surfaces, diff) for s in sets for m in models],
+        subplot_titles=[_surface_title(s, m, surfaces, diff, floor) for s in sets for m in models],
         horizontal_spacing=0.02,
         vertical_spacing=0.06,
     )
@@ -325,12 +371,14 @@ def landscape_surfaces(result: dict | None) -> go.Figure:
     return _finish(fig, title, height=120 + 480 * len(sets))
 
 
-def _surface_title(s: str, m: str, surfaces: dict, diff: dict) -> str:
+def _surface_title(s: str, m: str, surfaces: dict, diff: dict, floor: dict | None = None) -> str:
+    """``set / model``; on the fine-tune the structural difference and its noise floor, if known."""
     text = f"{s} / {_label(m)}"
     if m not in surfaces[s]:
         return text + " (computing)"
     if m != "base" and _finite(diff.get(s)) is not None:
-        text += f" (structural difference {_fmt(diff[s], '.1f')}%)"
+        extra = f", floor {_fmt(floor[s], '.1f')}%" if _finite((floor or {}).get(s)) is not None else ""
+        text += f" (structural difference {_fmt(diff[s], '.1f')}%{extra})"
     return text
 
 
@@ -384,8 +432,9 @@ def cross_section_figure(result: dict | None) -> go.Figure:
                 row=1,
                 col=col,
             )
-    fig.update_xaxes(title_text=ALPHA, col=1)
-    fig.update_xaxes(title_text=BETA, col=2)
+    unit = _coefficient_unit(result)
+    fig.update_xaxes(title_text=f"α ({unit})", col=1)
+    fig.update_xaxes(title_text=f"β ({unit})", col=2)
     fig.update_yaxes(title_text=LOSS, col=1)
     return _finish(fig, title)
 
@@ -397,46 +446,65 @@ def _model_items(by_model: dict | None) -> list[tuple[str, Any]]:
 
 # ---------------------------------------------------------------------------- curvature
 CONDITION_LABELS = {"low_dimensional": "low-dimensional", "sharp_curvature": "sharp curvature", "coupling": "coupling"}
+CURVATURE_MODELS = {
+    "aligned": ("aligned base", ROLE_COLOURS["base"]),
+    "finetuned": ("fine-tuned", ROLE_COLOURS["finetuned"]),
+}
+
+
+def _curvature_blocks(result: dict) -> list[tuple[str, dict, str]]:
+    """(label, block, colour) per model: the aligned and fine-tuned blocks, or an older answer's
+    safety and task spectra."""
+    blocks = [(label, result[key], colour) for key, (label, colour) in CURVATURE_MODELS.items() if key in result]
+    if any(isinstance(block, dict) for _, block, _ in blocks):
+        return [b for b in blocks if isinstance(b[1], dict)]
+    task = {"safety_eigenvalues": result.get("task_eigenvalues")}
+    return [("safety", result, OKABE_ITO[1]), ("task", task, OKABE_ITO[0])]
 
 
 def hessian_spectrum(result: dict | None) -> go.Figure:
-    """Top eigenvalues of the safety and task Hessians by rank; log y when all are positive."""
-    title = "Hessian spectrum: top eigenvalues"
+    """Top eigenvalues of the safety Hessian by rank on each model, with each model's mean
+    eigenvalue tr(H)/n as a dotted line; log y when all values are positive."""
+    title = "Safety-Hessian spectrum: top eigenvalues"
     result = result or {}
-    series = {k: [_finite(v) for v in result.get(f"{k}_eigenvalues") or []] for k in ("safety", "task")}
-    if not any(series.values()):
+    series = [
+        (label, [_finite(v) for v in block.get("safety_eigenvalues") or []], block, colour)
+        for label, block, colour in _curvature_blocks(result)
+    ]
+    if not any(ys for _, ys, _, _ in series):
         return no_data(title)
     fig = go.Figure()
-    colours = {"safety": OKABE_ITO[1], "task": OKABE_ITO[0]}
-    for name, ys in series.items():
-        if ys:
-            fig.add_trace(
-                go.Scatter(
-                    x=list(range(1, len(ys) + 1)),
-                    y=ys,
-                    mode="lines+markers",
-                    name=f"{name} Hessian",
-                    line=dict(color=colours[name], width=3),
-                    marker=dict(size=10),
-                )
-            )
-    values = [v for ys in series.values() for v in ys if v is not None]
-    mean = _mean_eigenvalue(result)
-    if mean is not None:
-        fig.add_hline(y=mean, line=dict(color="#777777", dash="dot", width=2))
+    values: list[float] = []
+    for label, ys, block, colour in series:
+        if not ys:
+            continue
         fig.add_trace(
             go.Scatter(
-                x=[None],
-                y=[None],
-                mode="lines",
-                name=f"mean eigenvalue tr(H)/n = {mean:.2g}",
-                line=dict(color="#777777", dash="dot", width=2),
+                x=list(range(1, len(ys) + 1)),
+                y=ys,
+                mode="lines+markers",
+                name=f"{label} Hessian" if label in ("safety", "task") else label,
+                line=dict(color=colour, width=3),
+                marker=dict(size=10),
             )
         )
-        values.append(mean)
-    fig.update_xaxes(
-        title_text="eigenvalue rank (1 = largest)", dtick=1 if max(map(len, series.values())) <= 25 else None
-    )
+        values += [v for v in ys if v is not None]
+        mean = _mean_eigenvalue(block)
+        if mean is not None:
+            fig.add_hline(y=mean, line=dict(color=colour, dash="dot", width=2))
+            suffix = "" if label in ("safety", "task") else f" ({label})"
+            fig.add_trace(
+                go.Scatter(
+                    x=[None],
+                    y=[None],
+                    mode="lines",
+                    name=f"mean eigenvalue tr(H)/n = {mean:.2g}{suffix}",
+                    line=dict(color=colour, dash="dot", width=2),
+                )
+            )
+            values.append(mean)
+    longest = max(len(ys) for _, ys, _, _ in series)
+    fig.update_xaxes(title_text="eigenvalue rank (1 = largest)", dtick=1 if longest <= 25 else None)
     fig.update_yaxes(title_text="eigenvalue λ (nats per squared weight unit)", **_value_axis(values))
     return _finish(fig, title)
 
@@ -455,8 +523,10 @@ def _mean_eigenvalue(result: dict) -> float | None:
 
 
 def drift_figure(drift: dict | None) -> go.Figure:
-    """Alignment loss during fine-tuning with the fitted L(0) + κ·t^p curves (R² in the legend)."""
-    title = "Alignment drift during fine-tuning"
+    """Alignment loss under gradient descent with the fitted L(0) + κ·t^p curves (the free
+    exponent with its 95% interval, R² each); the verdict on the quartic law in the title."""
+    verdict = ((drift or {}).get("verdict") or {}).get("label")
+    title = "Alignment drift under fine-tuning" + (f": {verdict}" if verdict else "")
     drift = drift or {}
     steps = [_finite(s) for s in drift.get("steps") or []]
     losses = [_finite(v) for v in drift.get("alignment_loss") or []]
@@ -483,12 +553,20 @@ def drift_figure(drift: dict | None) -> go.Figure:
                     y=curve[1],
                     mode="lines",
                     line=dict(color=OKABE_ITO[i % 6], width=3, dash=DASHES[(i + 1) % len(DASHES)]),
-                    name=f"{_fit_name(name)}: p = {_fmt(fit.get('exponent'))}, R² = {_fmt(fit.get('r2'), '.3f')}",
+                    name=f"{_fit_name(name)}: p = {_exponent_text(fit)}, R² = {_fmt(fit.get('r2'), '.3f')}",
                 )
             )
-    fig.update_xaxes(title_text="fine-tuning step")
-    fig.update_yaxes(title_text="alignment loss (nats)")
+    fig.update_xaxes(title_text="gradient-descent step")
+    kl = drift.get("loss") == "kl"
+    fig.update_yaxes(title_text="KL to the aligned model (nats)" if kl else "alignment loss (nats)")
     return _finish(fig, title, legend=dict(x=0.01, y=0.99, xanchor="left", yanchor="top"))
+
+
+def _exponent_text(fit: dict) -> str:
+    """The exponent, with its 95% interval when the fit has one."""
+    lo, hi = _finite(fit.get("ci_low")), _finite(fit.get("ci_high"))
+    interval = f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else ""
+    return _fmt(fit.get("exponent")) + interval
 
 
 def _fit_name(name: str) -> str:
@@ -499,57 +577,87 @@ def _fit_name(name: str) -> str:
 
 
 def _power_law_curve(steps: list, l0: float | None, fit: dict) -> tuple[list, list] | None:
-    """L(t) = L(0) + κ·t^p on 100 points across the measured steps (the fit of ``fit_power_laws``)."""
+    """L(s) = L(0) + κ·(s - offset)^p on 100 points across the measured steps (the fit of
+    ``fit_power_laws``; ``time_offset`` is 0.5 for gradient descent's half-step clock)."""
     kappa, p = _finite(fit.get("kappa")), _finite(fit.get("exponent"))
+    offset = _finite(fit.get("time_offset")) or 0.0
     known = [s for s in steps if s is not None]
     if kappa is None or p is None or l0 is None or len(known) < 2:
         return None
     t = np.linspace(min(known), max(known), 100)
-    t = t[t > 0]
-    return t.tolist(), (l0 + kappa * t**p).tolist()
+    t = t[t > offset]
+    return t.tolist(), (l0 + kappa * (t - offset) ** p).tolist()
 
 
 def conditions_table(result: dict | None) -> list[dict]:
-    """The alignment-instability condition's three parts and the verdict, one row each."""
-    cond = (result or {}).get("conditions") or {}
-    rows = [
-        {
-            "condition": label,
-            "what": cond[key].get("what", ""),
-            "value": _finite(cond[key].get("value")),
-            "threshold": _finite(cond[key].get("threshold")),
-            "holds": bool(cond[key].get("holds")),
-        }
-        for key, label in CONDITION_LABELS.items()
-        if isinstance(cond.get(key), dict)
-    ]
-    if rows and "all_hold" in cond:
-        rows.append(
-            {
-                "condition": "all three",
-                "what": "the instability condition holds",
-                "value": None,
-                "threshold": None,
-                "holds": bool(cond["all_hold"]),
-            }
-        )
+    """The alignment-instability condition per model: its three parts (value, 95% interval,
+    threshold, verdict), whether all three hold, and the first-order orthogonality beside them."""
+    result = result or {}
+    blocks = [(label, block) for label, block, _ in _curvature_blocks(result) if label != "task"]
+    rows = []
+    for label, block in blocks:
+        rows += _condition_rows("aligned base" if label == "safety" else label, block.get("conditions") or {})
+    return rows
+
+
+def _condition_rows(model: str, cond: dict) -> list[dict]:
+    labels = {**CONDITION_LABELS, "all_hold": "all three", "orthogonality": "initial orthogonality"}
+    rows = []
+    for key, label in labels.items():
+        part = cond.get(key)
+        if key == "all_hold" and part is not None and rows:
+            rows.append(
+                {"model": model, "condition": label, "what": "the instability condition holds", "holds": bool(part)}
+            )
+        elif isinstance(part, dict):
+            rows.append(
+                {
+                    "model": model,
+                    "condition": label,
+                    "what": part.get("what", ""),
+                    "value": _finite(part.get("value")),
+                    "ci_low": _finite(part.get("ci_low")),
+                    "ci_high": _finite(part.get("ci_high")),
+                    "threshold": _finite(part.get("threshold")),
+                    "holds": bool(part.get("holds")),
+                }
+            )
     return rows
 
 
 # ---------------------------------------------------------------------------- safety basin
+def _ci_arrays(values: list, cis: Any) -> dict[str, list[float]] | None:
+    """Plotly error_y arrays from [low, high] pairs beside ``values``, or None if any is missing."""
+    if not isinstance(cis, (list, tuple)) or len(cis) != len(values):
+        return None
+    plus, minus = [], []
+    for v, ci in zip(values, cis):
+        lo, hi = (_finite(ci[0]), _finite(ci[1])) if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None)
+        if v is None or lo is None or hi is None:
+            return None
+        plus.append(max(hi - v, 0.0))
+        minus.append(max(v - lo, 0.0))
+    return {"array": plus, "arrayminus": minus}
+
+
 def basin_curves(result: dict | None) -> go.Figure:
-    """Attack success rate along each random direction: one colour per model, one dash per direction."""
+    """Attack success rate along each random direction, with 95% Wilson intervals where the answer
+    has them: one colour per model, one dash per direction; a dotted line at the basin-edge ASR."""
     title = "Safety basin: attack success rate along random directions"
     models = [m for m, r in (result or {}).items() if isinstance(r, dict) and r.get("lines")]
     if not models:
         return no_data(title)
     colours = model_colours(models)
     fig = go.Figure()
+    with_ci = False
     for m in models:
         coords = list(result[m].get("coords") or [])
+        cis = result[m].get("lines_ci") or []
         for k, line in enumerate(result[m]["lines"]):
             ys = [_finite(v) for v in line]
             xs = coords[: len(ys)] if len(coords) >= len(ys) else list(range(len(ys)))
+            errors = _ci_arrays(ys, cis[k] if k < len(cis) else None)
+            with_ci = with_ci or errors is not None
             fig.add_trace(
                 go.Scatter(
                     x=xs,
@@ -559,10 +667,16 @@ def basin_curves(result: dict | None) -> go.Figure:
                     legendgroup=m,
                     line=dict(color=colours[m], dash=DASHES[k % len(DASHES)], width=3),
                     marker=dict(size=8),
+                    error_y=dict(type="data", color=colours[m], thickness=1.5, **errors) if errors else None,
                 )
             )
+    edge = _finite(result[models[0]].get("edge_asr"))
+    if edge is not None:
+        fig.add_hline(
+            y=edge, line=dict(color="#444444", dash="dot", width=2), annotation_text=f"basin edge, ASR {edge:g}%"
+        )
     fig.update_xaxes(title_text=ALPHA)
-    fig.update_yaxes(title_text="attack success rate (%)", range=PERCENT_RANGE)
+    fig.update_yaxes(title_text="attack success rate (%)" + (", 95% Wilson CI" if with_ci else ""), range=PERCENT_RANGE)
     return _finish(fig, title)
 
 
@@ -572,7 +686,7 @@ def basin_plane(result: dict | None) -> go.Figure:
     models = [m for m, r in (result or {}).items() if isinstance(r, dict) and r.get("plane")]
     if not models:
         return no_data(title)
-    titles = [f"{_label(m)} (VISAGE {_fmt(result[m].get('visage'), '.1f')})" for m in models]
+    titles = [f"{_label(m)} (plane mean margin {_fmt(result[m].get('visage_plane'), '.1f')})" for m in models]
     fig = make_subplots(rows=1, cols=len(models), subplot_titles=titles, horizontal_spacing=0.06)
     for col, m in enumerate(models, start=1):
         z = _grid(result[m]["plane"])
@@ -600,32 +714,82 @@ def basin_plane(result: dict | None) -> go.Figure:
     return _finish(fig, title)
 
 
-VISAGE_SCORES = {"visage": "VISAGE", "visage_1d": "VISAGE, 1-D lines", "visage_basin": "VISAGE, basin span"}
+VISAGE_SCORES = {
+    "visage": "VISAGE (Peng et al.: inside the basin)",
+    "visage_plane": "plane mean",
+    "visage_1d": "1-D mean",
+}
+BASIN_NUMBERS = (
+    "visage",
+    "visage_ci",
+    "visage_plane",
+    "visage_plane_ci",
+    "visage_1d",
+    "visage_1d_ci",
+    "basin_radius",
+    "basin_radius_ci",
+    "center_asr",
+    "center_asr_ci",
+    "radius",
+)
 
 
 def visage_bars(result: dict | None) -> go.Figure:
-    """VISAGE scores (mean safety margin 100 − ASR) per model; higher is safer."""
+    """VISAGE scores (mean safety margin 100 − ASR) per model with 95% bootstrap intervals; higher is safer."""
     title = "VISAGE safety margin per model (higher is safer)"
     models = [m for m, r in (result or {}).items() if isinstance(r, dict) and any(k in r for k in VISAGE_SCORES)]
     if not models:
         return no_data(title)
     fig = go.Figure()
+    with_ci = False
     for i, (key, label) in enumerate(VISAGE_SCORES.items()):
         ys = [_finite(result[m].get(key)) for m in models]
         if any(v is not None for v in ys):
+            errors = _ci_arrays(ys, [result[m].get(f"{key}_ci") for m in models])
+            with_ci = with_ci or errors is not None
             fig.add_trace(
                 go.Bar(
                     x=[_label(m) for m in models],
                     y=ys,
                     name=label,
                     marker_color=OKABE_ITO[[0, 2, 3][i]],
+                    error_y=dict(type="data", color="#444444", thickness=2, **errors) if errors else None,
                     texttemplate="%{y:.1f}",
                     textposition="outside",
                 )
             )
     fig.update_xaxes(title_text="model")
-    fig.update_yaxes(title_text="safety margin, 100 − ASR (%)", range=[0, 110])
+    fig.update_yaxes(
+        title_text="safety margin, 100 − ASR (%)" + (", 95% bootstrap CI" if with_ci else ""), range=[0, 115]
+    )
     return _finish(fig, title, barmode="group")
+
+
+def _with_ci(value: Any, ci: Any, spec: str) -> str:
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        return f"{_fmt(value, spec)} [{_fmt(ci[0], spec)}, {_fmt(ci[1], spec)}]"
+    return _fmt(value, spec)
+
+
+def basin_table(result: dict | None) -> list[dict]:
+    """One row per model: VISAGE (headline, plane, 1-D) and the basin radius with their 95% intervals,
+    the unperturbed ASR, and the sampled range (fitted on the aligned model, shared by every model)."""
+    rows = []
+    for m, r in (result or {}).items():
+        if not isinstance(r, dict) or "visage" not in r:
+            continue
+        rows.append(
+            {
+                "model": _label(m),
+                "VISAGE [95% CI]": _with_ci(r.get("visage"), r.get("visage_ci"), ".1f"),
+                "plane mean [95% CI]": _with_ci(r.get("visage_plane"), r.get("visage_plane_ci"), ".1f"),
+                "1-D mean [95% CI]": _with_ci(r.get("visage_1d"), r.get("visage_1d_ci"), ".1f"),
+                "basin radius [95% CI]": _with_ci(r.get("basin_radius"), r.get("basin_radius_ci"), ".3f"),
+                "unperturbed ASR (%) [95% CI]": _with_ci(r.get("center_asr"), r.get("center_asr_ci"), ".1f"),
+                "sampled range (±)": _fmt(r.get("radius"), ".3f"),
+            }
+        )
+    return rows
 
 
 # ---------------------------------------------------------------------------- restoration
@@ -861,6 +1025,7 @@ __all__ = [
     "apply_theme",
     "basin_curves",
     "basin_plane",
+    "basin_table",
     "before_after_table",
     "comparison_bars",
     "conditions_table",
@@ -896,30 +1061,51 @@ def _curvature_figures(r: dict) -> list[go.Figure]:
     return [hessian_spectrum(r)] + ([drift_figure(r["drift"])] if r.get("drift") else [])
 
 
+def _curvature_numbers(r: dict) -> dict:
+    """Per model: the spectrum, lambda_1, the coupling and the conditions; the drift's fits and verdict."""
+    keys = ("safety_eigenvalues", "lambda_1", "safety_trace", "coupling", "conditions", "stationarity", "taylor")
+    out = {m: {k: r[m].get(k) for k in keys} for m in CURVATURE_MODELS if isinstance(r.get(m), dict)}
+    out = out or {"safety_eigenvalues": r.get("safety_eigenvalues"), "coupling": r.get("coupling")}
+    if r.get("drift"):
+        out["drift"] = {k: r["drift"].get(k) for k in ("fits", "verdict", "final_rise", "stationarity", "predicted")}
+    return out
+
+
 FIGURES: dict[str, AnalysisFigures] = {
     "correlate": AnalysisFigures(
-        "Pearson r of base vs fine-tuned per-example losses.",
+        "Pearson r of base vs fine-tuned per-example losses (paper 1, eq. 1); null r: the same r for the base "
+        "against the base plus random noise of the fine-tune's per-tensor size.",
         lambda r: [correlation_scatter(r), mean_loss_bars(r)],
         lambda r: {"correlation": correlation_table(r)},
-        lambda r: {k: {m: v[m] for m in ("r", "ci_low", "ci_high", "p_value", "n")} for k, v in r.items()},
+        lambda r: {k: {m: v.get(m) for m in CORRELATION_NUMBERS} for k, v in r.items()},
     ),
     "landscape": AnalysisFigures(
-        "Gradient-informed surfaces; structural difference = 100 (1 - r of the Laplacians).",
+        "Gradient-informed surfaces; structural difference = 100 (1 - r of the interior Laplacians), with the "
+        "same-model floor (two sample halves of one model) and a bootstrap interval over grid points.",
         lambda r: [landscape_surfaces(r), cross_section_figure(r)],
         numbers=lambda r: {
             "structural_difference_percent": r["structural_difference"],
+            "structural_difference_interval": r.get("structural_difference_interval", {}),
+            "structural_difference_floor_percent": r.get("structural_difference_floor", {}),
+            "structural_difference_repeats": r.get("structural_difference_repeats", {}),
+            "radius": r.get("radius"),
+            "radius_fit": r.get("radius_fit"),
             "direction_cosine": r["cosine"],
         },
     ),
     "curvature": AnalysisFigures(
-        "Safety-Hessian spectrum, coupling and the alignment-instability conditions.",
+        "Safety-Hessian spectrum, curvature coupling and the alignment-instability conditions on the aligned "
+        "base and the fine-tune; the alignment loss under gradient descent with power-law fits.",
         _curvature_figures,
         lambda r: {"conditions": conditions_table(r)},
-        lambda r: {"safety_eigenvalues": r["safety_eigenvalues"], "coupling": r["coupling"]},
+        _curvature_numbers,
     ),
     "basin": AnalysisFigures(
-        "ASR under random weight perturbation; VISAGE.",
+        "ASR under random weight perturbation along layer-normalised directions, within a range fitted on the "
+        "aligned model; VISAGE as Peng et al. code it (mean 100 - ASR inside each line's basin), the plane and "
+        "1-D means, and each model's basin radius, with 95% intervals.",
         lambda r: [basin_curves(r), basin_plane(r), visage_bars(r)],
-        numbers=lambda r: {k: {"visage": v["visage"], "visage_1d": v["visage_1d"]} for k, v in r.items()},
+        lambda r: {"basin": basin_table(r)},
+        lambda r: {k: {n: v.get(n) for n in BASIN_NUMBERS} for k, v in r.items() if isinstance(v, dict)},
     ),
 }

@@ -96,11 +96,15 @@ def per_example_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> 
 
 
 def encode_batches(
-    tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], batch_size: int, max_length: int = 256
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    batch_size: int,
+    max_length: int = 256,
+    tokens: str = "auto",
 ) -> list[dict[str, torch.Tensor]]:
     """Length-sorted encoded batches, for losses that are summed or averaged (order-free)."""
     ex = sorted(examples, key=lambda e: len(e.prompt) + len(e.response or ""))
-    return [encode(tokenizer, batch, max_length) for batch in chunks(ex, batch_size)]
+    return [encode(tokenizer, batch, max_length, tokens) for batch in chunks(ex, batch_size)]
 
 
 @torch.no_grad()
