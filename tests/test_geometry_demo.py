@@ -57,13 +57,14 @@ def test_safety_hessian_on_the_lora_fine_tune_is_symmetric(pair):
     assert np.all(np.isfinite(hu)) and abs(u @ hv - v @ hu) < 1e-3 * abs(u @ hv) + 1e-6
 
 
-def test_default_basin_fits_a_range_with_points_inside_the_aligned_basin(pair):
-    """The default basin (the same key as ``python -m core basin``, so a cached run answers at once):
-    one range for both models, several points of each base line inside its basin, the ends outside."""
+def test_fitted_basin_has_points_inside_the_aligned_basin(pair):
+    """The default fitting rule on one direction, no plane (a quarter of the default's generations,
+    to keep CI short): one range for both models, several points of the base line inside its basin,
+    the ends outside."""
     from core.geometry.basin import BasinConfig, safety_basin
     from core.world.data import harmful_splits
 
-    config = BasinConfig()
+    config = BasinConfig(directions=1, plane_points=0, search_steps=4)
     result = safety_basin(pair, harmful_splits(0)["eval"], config)
     fit = result["base"]["radius_fit"]
     assert fit["fitted"] and result["base"]["radius"] == result["finetuned"]["radius"] == fit["radius"]
