@@ -74,9 +74,12 @@ those. Each eigenvalue carries its Lanczos residual (a true eigenvalue lies with
 Taylor coefficients are point estimates on the ``samples`` examples and serve to read the drift
 (``predicted`` in the answer).
 
-Default budget (demo world, 2 CPU cores, both models and the drift in about 15 minutes): k = 8,
-8 examples per loss, 8 Hutchinson probes, q/v of the last 6 of 30 layers (2.65 M weights), 60
-gradient-descent steps (lr 0.01, the 32-example task batch) probed every 4 on 31 refusals.
+Default budget (demo world, 2 CPU cores, both models and the drift in about 15 minutes): k = 8 from
+24 Lanczos steps, 8 examples per loss, 8 Hutchinson probes, q/v of the last 6 of 30 layers (2.65 M weights), 60
+gradient-descent steps probed every 4 on the 30 refusals, with the curvature's 8 task examples as
+the batch (so the Taylor coefficients are those of the drift's task loss).
+The learning rate 0.01 is small by the paper's standard: the task Hessian's top eigenvalue at the
+demo world's aligned model is 4.85 (Lanczos on 32 task examples), so lr * lambda_max = 0.05.
 """
 
 from __future__ import annotations
@@ -139,7 +142,7 @@ class CurvatureConfig:
     batch_size: int = 8
     max_length: int = 160
     lanczos_steps: int = option(
-        40, "Lanczos steps (one Hessian-vector product each)", label="Lanczos steps", low=2, high=1000
+        24, "Lanczos steps (one Hessian-vector product each)", label="Lanczos steps", low=2, high=1000
     )
     trace_probes: int = option(8, "Hutchinson probes for tr(H)", label="Trace probes", low=2, high=256)
     concentration_threshold: float = option(
@@ -323,11 +326,14 @@ TEACHER_KEYS = ("teacher", "teacher_rows")
 
 
 @torch.no_grad()
-def attach_teacher(model: torch.nn.Module, batches: list[dict]) -> list[dict]:
-    """The batches with ``model``'s log-probabilities at every counted position (``teacher``, one
-    row per counted token, ``teacher_rows`` its example): the targets of the KL alignment loss."""
-    lm, out = CausalLoss(model, {}), []
+def attach_teacher(model: torch.nn.Module | CausalLoss, batches: list[dict]) -> list[dict]:
+    """The batches with the model's log-probabilities at every counted position (``teacher``, one
+    row per counted token, ``teacher_rows`` its example): the targets of the KL alignment loss.
+    Pass a ``CausalLoss`` with its own cached batches to reuse the cache (the model's own teacher)."""
+    lm, out = model if isinstance(model, CausalLoss) else CausalLoss(model, {}), []
     for batch in batches:
+        if "hidden" in batch and lm.start == 0:
+            raise ValueError("cached batches need the CausalLoss that cached them")
         logits, counted = lm.logits(batch)
         teacher = F.log_softmax(logits.float(), dim=-1).cpu()
         out.append({**batch, "teacher": teacher, "teacher_rows": counted.nonzero()[:, 0].cpu()})
@@ -576,11 +582,14 @@ def _model_block(
     start = time.monotonic()
     model, tokenizer = load_model(spec, merge=True), load_tokenizer(spec)
     s_batches = encode_batches(tokenizer, safety, config.batch_size, config.max_length)
-    if config.alignment_loss == "kl":
-        s_batches = attach_teacher(model if spec == aligned else load_model(aligned), s_batches)
+    kl, own = config.alignment_loss == "kl", spec == aligned
+    if kl and not own:  # the teacher is the aligned model, run in full before this model's cache
+        s_batches = attach_teacher(load_model(aligned), s_batches)
     params = select_parameters(model, rule["params"], tuple(rule["targets"]), rule["layers"])
     lm = CausalLoss(model, params)
     s_batches = lm.cache(s_batches)
+    if kl and own:  # the model is its own teacher: the cached suffix gives its log-probabilities
+        s_batches = attach_teacher(lm, s_batches)
     t_batches = lm.cache(encode_batches(tokenizer, task, config.batch_size, config.max_length))
     out = geometry(
         LossHessian(params, lm.batch_terms(s_batches)),
@@ -729,10 +738,10 @@ class DriftConfig:
         4, "probe the alignment loss every this many steps", label="Probe every (steps)", low=1, high=100
     )
     lr: float = option(
-        1e-3, "learning rate of the plain gradient descent (SGD, no momentum)", label="Drift learning rate"
+        1e-2, "learning rate of the plain gradient descent (SGD, no momentum)", label="Drift learning rate"
     )
     train_examples: int = option(
-        32, "task examples in the drift's fixed full batch", label="Drift task examples", low=1, high=400
+        8, "task examples in the drift's fixed full batch", label="Drift task examples", low=1, high=400
     )
     probe_samples: int = option(32, "probe prompts whose alignment loss is recorded", label="Probe prompts", low=2)
     exponent_tolerance: float = option(
@@ -815,12 +824,11 @@ def drift_monitor(
 
     def compute() -> dict:
         model, tokenizer = load_model(spec, merge=True), load_tokenizer(spec)
-        probe_b = encode_batches(tokenizer, probe, 8, config.max_length)
-        probe_b = attach_teacher(model, probe_b) if loss == "kl" else probe_b
         params = select_parameters(model, rule["params"], tuple(rule["targets"]), rule["layers"])
         lm = CausalLoss(model, params)
         train_b = lm.cache(encode_batches(tokenizer, train, 8, config.max_length))
-        probe_b = lm.cache(probe_b)
+        probe_b = lm.cache(encode_batches(tokenizer, probe, 8, config.max_length))
+        probe_b = attach_teacher(lm, probe_b) if loss == "kl" else probe_b  # the start is the teacher
         model.train()
         record = gradient_descent_drift(
             list(params.values()),
@@ -935,10 +943,19 @@ def drift_verdict(fits: dict, points: int, rise_low: float, rises: np.ndarray, t
 
 
 def predicted_regime(taylor: dict, lr: float, last_step: int) -> dict:
-    """The Taylor terms per step (t = lr * steps) and which dominates at the last probed step."""
+    """The Taylor terms per step (t = lr * steps), which dominates at the last probed step, the
+    step where the quartic overtakes the quadratic (sqrt(c2 / kappa) / lr), and lr times the task
+    curvature along g (a lower bound of lr * lambda_max(H_F); small steps need it << 1)."""
     per_step = {"t^1": taylor["c1"] * lr, "t^2": taylor["c2"] * lr**2, "t^4": taylor["kappa4"] * lr**4}
     at_end = {k: abs(v) * last_step ** int(k[-1]) for k, v in per_step.items()}
-    return {"per_step": per_step, "at_last_step": at_end, "dominant": max(at_end, key=at_end.get)}
+    ratio = taylor["c2"] / taylor["kappa4"] if taylor["kappa4"] > 0 else float("nan")
+    return {
+        "per_step": per_step,
+        "at_last_step": at_end,
+        "dominant": max(at_end, key=at_end.get),
+        "quartic_overtakes_at_step": math.sqrt(ratio) / lr if ratio >= 0 else float("nan"),
+        "lr_times_task_curvature": lr * taylor["task_rayleigh"],
+    }
 
 
 # ---------------------------------------------------------------------------- the command

@@ -34,7 +34,7 @@ from core.world.data import load_prompts_file
 from core.world.demo import WorldConfig, build_world, with_intervals
 from core.world.evaluation import summary
 from core.world.judge import load_judge
-from core.world.model_pair import ModelOptions, evaluate_pair, pair_from_args, resolve_pair
+from core.world.model_pair import ModelOptions, evaluate_pair, models_from_args, pair_from_args
 
 
 @dataclass(frozen=True)
@@ -121,16 +121,7 @@ def cmd_world(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
 def cmd_evaluate(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     extra = load_prompts_file(args.prompts_file) if args.prompts_file else []
     judge = load_judge(args.judge)
-    pair = resolve_pair(
-        args.base,
-        args.finetuned,
-        args.seed,
-        args.harmful_examples,
-        args.device,
-        args.dtype,
-        args.trust_remote_code,
-        progress,
-    )
+    pair = models_from_args(args, progress)
     reports = evaluate_pair(pair, args.seed, extra, judge, progress)
     out: dict[str, Any] = {name: summary(r) for name, r in reports.items()}
     if args.show_examples:
@@ -182,16 +173,7 @@ def cmd_trajectory(args: argparse.Namespace, progress: Progress) -> dict[str, An
 
 def cmd_capability(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     config = from_args(CapabilityConfig, args)
-    pair = resolve_pair(
-        args.base,
-        args.finetuned,
-        args.seed,
-        args.harmful_examples,
-        args.device,
-        args.dtype,
-        args.trust_remote_code,
-        progress,
-    )
+    pair = models_from_args(args, progress)
     results = capability_of_pair(pair, config, progress)
     out: dict[str, Any] = {name: capability_summary(r) for name, r in results.items()}
     out["config"] = {"tasks": list(config.tasks), "items": config.items}

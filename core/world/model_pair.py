@@ -76,9 +76,10 @@ def evaluate_pair(
     return reports
 
 
-def pair_from_args(args, progress: Progress | None = None) -> dict[str, ModelSpec]:
-    """The two-model pair of parsed CLI options (``ModelOptions`` and ``WorldConfig`` fields)."""
-    pair = resolve_pair(
+def models_from_args(args, progress: Progress | None = None) -> dict[str, ModelSpec]:
+    """The models parsed CLI options name (``ModelOptions`` and ``WorldChoice`` fields): the base,
+    and the fine-tune when there is one."""
+    return resolve_pair(
         args.base,
         args.finetuned,
         args.seed,
@@ -88,6 +89,11 @@ def pair_from_args(args, progress: Progress | None = None) -> dict[str, ModelSpe
         args.trust_remote_code,
         progress,
     )
+
+
+def pair_from_args(args, progress: Progress | None = None) -> dict[str, ModelSpec]:
+    """The two-model pair of parsed CLI options; a one-line error when only a base is named."""
+    pair = models_from_args(args, progress)
     if "finetuned" not in pair:
         raise InputError(
             "This analysis compares two models but only --base was given.",
