@@ -63,11 +63,16 @@ if result:
     ui.figure(figures.hessian_spectrum(result), "hessian-spectrum")
     if drift:
         ui.figure(figures.drift_figure(drift), "drift-monitor")
-        station = drift.get("stationarity") or {}
+        station, predicted = drift.get("stationarity") or {}, drift.get("predicted") or {}
         if station:
             st.caption(
                 f"At step 0 the probe loss's gradient norm is {station['safety_gradient_norm']:.3g} against the "
                 f"task gradient's {station['task_gradient_norm']:.3g} (cosine {station['cosine']:.2g}); "
-                f"the quartic law assumes the aligned model is stationary for the probe. "
-                f"Verdict rule: {(drift.get('verdict') or {}).get('rule', '')}."
+                f"the quartic law assumes the aligned model is stationary for the probe."
             )
+        if predicted.get("dominant"):
+            st.caption(
+                f"Taylor terms of the aligned model: {predicted['dominant']} dominates at the last step; the quartic "
+                f"overtakes the quadratic at step {predicted.get('quartic_overtakes_at_step', float('nan')):.3g}."
+            )
+        st.caption(f"Verdict rule: {(drift.get('verdict') or {}).get('rule', '')}.")

@@ -146,7 +146,13 @@ def curvature_result(drift: bool = True) -> dict:
             "final_rise": {"value": 0.256, "ci_low": 0.2, "ci_high": 0.3},
             "verdict": {"label": "not supported", "rule": "the rule", "tolerance": 0.25},
             "stationarity": {"safety_gradient_norm": 0.1, "task_gradient_norm": 1.2, "ratio": 0.083, "cosine": 0.01},
-            "predicted": {"per_step": {"t^1": -1e-6, "t^2": 2e-8, "t^4": 5e-13}, "dominant": "t^1"},
+            "predicted": {
+                "per_step": {"t^1": -1e-6, "t^2": 2e-8, "t^4": 5e-13},
+                "dominant": "t^1",
+                "quartic_overtakes_at_step": 60.0,
+                "lr_times_task_curvature": 0.02,
+            },
+            "loss": "kl",
             "n_params": 10_000,
         }
     return out

@@ -343,3 +343,17 @@ def test_drift_monitor_records_the_alignment_loss_on_schedule(tiny_model_dir):
     assert {"free", "t^2", "t^4"} <= set(result["fits"]) and result["fits"]["free"]["time_offset"] == 0.5
     assert result["verdict"]["label"] in {"t^4 supported", "not supported", "not resolvable"}
     assert result["stationarity"]["task_gradient_norm"] > 0
+
+
+def test_the_command_answers_on_a_lora_pair(tiny_model_dir, tiny_adapter_dir):
+    from core.base.progress import Progress
+    from core.geometry.registry import ANALYSES
+    from core.service.commands import parser
+
+    argv = ["curvature", "--base", str(tiny_model_dir), "--finetuned", str(tiny_adapter_dir), "--k", "1"]
+    args = parser().parse_args(argv + ["--samples", "2", "--drift-steps", "2", "--every", "1", "--layers", "1"])
+    out = ANALYSES["curvature"].command(args, Progress())
+    assert set(out) >= {"aligned", "finetuned", "drift", "probe", "parameters", "conditions", "safety_eigenvalues"}
+    assert out["probe"]["loss"] == "kl" and out["aligned"]["stationarity"]["safety_gradient_norm"] < 1e-5
+    assert out["drift"]["steps"] == [0, 1, 2] and out["drift"]["alignment_loss"][0] == pytest.approx(0.0, abs=1e-6)
+    assert {"dominant", "quartic_overtakes_at_step", "lr_times_task_curvature"} <= set(out["drift"]["predicted"])
