@@ -5,6 +5,7 @@ from datetime import date
 import streamlit as st
 
 import core.geometry.analyses  # noqa: F401  (importing it registers every analysis)
+from core.geometry.claims import RULES, claims_table
 from core.geometry.registry import ANALYSES
 from core.present import figures
 from core.present.export import Section, report_html, report_json
@@ -39,10 +40,22 @@ def sections() -> list[Section]:
                 numbers={"metrics": world["metrics"]},
             )
         )
+    answers = {}
     for name, analysis in ANALYSES.items():
-        if r := _answer(_argv(name, [name, *ui.pair_args()])):
+        if r := answers.setdefault(name, _answer(_argv(name, [name, *ui.pair_args()]))):
             f = FIGURES[name]
             out.append(Section(analysis.title, f.text, f.figures(r), f.tables(r), f.numbers(r)))
+    if any(answers.values()):
+        rows = claims_table(answers, ui.pair_args())
+        out.append(
+            Section(
+                "The papers' claims on this pair",
+                "Each claim, the number measured here with its interval or floor, and a verdict by a rule fixed in "
+                "advance; 'not measured' until its page has run.",
+                tables={"claims": [{k: r[k] for k in ("verdict", "claim", "paper", "measured")} for r in rows]},
+                numbers={"claims": rows, "rules": RULES},
+            )
+        )
     restore_argv = _argv("restoration", [])
     if restore_argv and (r := _answer(restore_argv)):
         out.append(

@@ -19,8 +19,9 @@ from transformers.utils import logging as hf_logging
 import core.geometry.analyses  # noqa: F401  (importing it registers every analysis)
 from core.base.cache import clean_orphans
 from core.base.errors import InputError
-from core.base.options import add_arguments, from_args, option
+from core.base.options import add_arguments, argv_for, from_args, option
 from core.base.progress import Progress, stderr_bar
+from core.geometry.claims import RULES, claims_table
 from core.geometry.registry import ANALYSES
 from core.restoration.compare import compare
 from core.restoration.registry import METHODS, method, parse_config, settable
@@ -88,6 +89,7 @@ def parser() -> argparse.ArgumentParser:
     add_arguments(t, TrajectoryConfig)
     cap = _command(sub, "capability", "general capability: ARC, BoolQ, PIQA, HellaSwag, Winogrande accuracy")
     add_arguments(cap, CapabilityConfig)
+    _command(sub, "claims", "the papers' claims against this pair: each analysis at its defaults, with verdicts")
     m = sub.add_parser("methods", help="the restoration methods, their parameters and defaults")
     add_arguments(m, RunFlags)
     return ap
@@ -181,6 +183,23 @@ def cmd_capability(args: argparse.Namespace, progress: Progress) -> dict[str, An
     return out
 
 
+CLAIM_ANALYSES = ("correlate", "landscape", "basin", "curvature")
+
+
+def cmd_claims(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    """Each analysis of ``CLAIM_ANALYSES`` at its defaults on the chosen pair (cached answers
+    return at once), then the claims table (``core.present.claims``)."""
+    pair_argv = argv_for(WorldConfig, vars(args)) + argv_for(ModelOptions, vars(args))
+    answers = {}
+    for i, name in enumerate(CLAIM_ANALYSES):
+        sub_args = parser().parse_args([name, *pair_argv])
+        stage = progress.stage(i / len(CLAIM_ANALYSES), (i + 1) / len(CLAIM_ANALYSES))
+        answers[name] = ANALYSES[name].command(sub_args, stage)
+    rows = claims_table(answers, pair_argv)
+    table = [{k: r[k] for k in ("verdict", "claim", "measured")} for r in rows]
+    return {"table": table, "claims": rows, "rules": RULES, "answers": answers}
+
+
 def cmd_methods(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     return {
         name: {"summary": m.summary, "needs_adapter": m.needs_adapter, "params": settable(m.config())}
@@ -196,6 +215,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Progress], dict[str, Any]]] = 
     "compare": cmd_compare,
     "trajectory": cmd_trajectory,
     "capability": cmd_capability,
+    "claims": cmd_claims,
     "methods": cmd_methods,
 }
 
