@@ -91,10 +91,11 @@ def main() -> None:
         f"{b['ratio']:.2f}x (target <= 3x)"
     )
     if not args.skip_defaults:
-        sets = default_sets(0, 32)
+        config = LandscapeConfig()
+        sets = default_sets(0, config.samples)  # what `python -m core landscape` uses
         t = time.perf_counter()
         landscape_compute(
-            pair, {"harmful": sets["harmful"], "benign": sets["general"]}, LandscapeConfig(), Progress()
+            pair, {"harmful": sets["harmful"], "benign": sets["general"]}, config, Progress()
         )  # uncached
         t_land = time.perf_counter() - t
         rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -107,7 +108,8 @@ def main() -> None:
         t_basin = time.perf_counter() - t
         out["defaults"] = {"landscape_s": t_land, "basin_s": t_basin, "peak_rss_gb": rss_gb, "model_gb": size_gb}
         print(
-            f"(c) default landscape (2 models x 2 sets, 9x9): {t_land:.0f}s; "
+            f"(c) default landscape (2 models x 2 sets, {config.grid}x{config.grid}, {config.samples} samples, "
+            f"floor {'on' if config.floor else 'off'}): {t_land:.0f}s; "
             f"default basin (2 models): {t_basin:.0f}s (cached results return instantly)"
         )
         print(
