@@ -31,8 +31,10 @@ from core.geometry.curvature import (
     gradient_descent_drift,
     hutchinson_samples,
     hutchinson_trace,
+    ritz_error_bounds,
     select_parameters,
     share_interval,
+    spectral_density,
     top_eigenpairs,
 )
 from core.world.data import Example
@@ -86,6 +88,47 @@ def test_hutchinson_is_exact_on_a_diagonal_and_unbiased_on_a_rotated_hessian():
     samples = hutchinson_samples(toy.safety(), 400)
     se = np.std(samples) / math.sqrt(len(samples))
     assert abs(np.mean(samples) - np.trace(toy.H)) < 3 * se
+
+
+def test_kept_graph_products_are_the_closed_form_hessian_times_v():
+    """On the quadratic toy every product through the one kept graph is H v exactly."""
+    toy = Planted()
+    op, rng = toy.safety(), np.random.default_rng(3)
+    for _ in range(4):
+        v = rng.standard_normal(toy.n)
+        assert np.allclose(op.matvec(v), toy.H @ v, rtol=0, atol=1e-12)
+    report = op.graph_report()
+    assert report["mode"] == "reuse" and report["graph_builds"] == 1 and report["products"] == 4
+    never = LossHessian(toy.params, [toy.quad(toy.H)], graph_memory_gb=0.0)
+    assert np.allclose(never.matvec(v), toy.H @ v, atol=1e-12) and never.graph_report()["mode"] == "recompute"
+
+
+def test_spectral_density_recovers_a_known_spectrum():
+    """Diagonal H and normalised Rademacher probes: v^T H^p v = tr(H^p) / n exactly, and Lanczos
+    quadrature with m nodes is exact up to degree 2m - 1, so the moments are exact; on a rotated H
+    with two clusters (70% at 1, 30% at 10) the density's mass splits 0.7 / 0.3 and integrates to 1."""
+    toy = Planted()
+    spectrum = np.linspace(0.0, 3.0, toy.n) ** 2
+    out = spectral_density(LossHessian(toy.params, [toy.quad(np.diag(spectrum))]), runs=3, steps=6)
+    for p in (1, 2, 3, 4):
+        assert out["moments"][f"p{p}"] == pytest.approx(np.mean(spectrum**p), rel=1e-9)
+    assert out["trace"] == pytest.approx(spectrum.sum(), rel=1e-9)
+    n = 200
+    clusters = np.where(np.arange(n) < 140, 1.0, 10.0) + np.random.default_rng(1).normal(0, 0.05, n)
+    q, _ = np.linalg.qr(np.random.default_rng(2).standard_normal((n, n)))
+    x = torch.nn.Parameter(torch.zeros(n, dtype=torch.float64))
+    h = torch.from_numpy(q @ np.diag(clusters) @ q.T)
+    out = spectral_density(LossHessian({"x": x}, [lambda: 0.5 * x @ h @ x]), runs=8, steps=12)
+    grid, density = np.array(out["grid"]), np.array(out["density"])
+    step = grid[1] - grid[0]
+    assert density.sum() * step == pytest.approx(1.0, abs=1e-3)
+    assert density[grid < 5.5].sum() * step == pytest.approx(0.7, abs=0.05)
+    assert out["moments"]["p1"] == pytest.approx(clusters.mean(), rel=0.05)
+    assert out["moments"]["p2"] == pytest.approx(np.mean(clusters**2), rel=0.1)
+
+
+def test_ritz_error_bound_takes_the_gap_estimate_once_separated():
+    assert list(ritz_error_bounds(np.array([10.0, 5.0, 1.0]), np.array([0.1, 2.0]))) == pytest.approx([0.002, 2.0])
 
 
 def test_geometry_recovers_planted_shares_conditions_and_taylor_coefficients():
@@ -291,6 +334,50 @@ def test_kl_alignment_loss_is_stationary_and_its_hessian_is_the_fisher_matrix(ti
     assert np.linalg.norm(hv - fisher_v) < 1e-4 * np.linalg.norm(fisher_v)
 
 
+def test_kept_graph_products_agree_with_recomputed_ones(tiny_model_dir, tokenizer):
+    """One forward and create_graph backward, then one backward per product, give today's products
+    (a fresh double backward each) to 1e-6; a budget too small for the graph falls back to that path;
+    an in-place change of the parameters drops the kept graph."""
+    model = load_model(ModelSpec(str(tiny_model_dir)))
+    params = select_parameters(model, "adapter", ("q_proj", "v_proj"), last_layers=1)
+    batches = [encode(tokenizer, _examples(3, "g")), encode(tokenizer, _examples(2, "f"))]
+    kept = HessianOperator(model, params, batches)
+    fresh = HessianOperator(model, params, batches, graph_memory_gb=0.0)
+    small = HessianOperator(model, params, batches, graph_memory_gb=1e-6)  # ~1 KiB
+    rng = np.random.default_rng(4)
+    for _ in range(3):
+        v = rng.standard_normal(kept.size)
+        want = fresh.matvec(v)
+        for op in (kept, small):
+            assert np.linalg.norm(op.matvec(v) - want) <= 1e-6 * np.linalg.norm(want)
+    assert np.linalg.norm(kept.gradient() - fresh.gradient()) <= 1e-6 * np.linalg.norm(fresh.gradient())
+    report = kept.graph_report()
+    assert report["mode"] == "reuse" and report["graph_builds"] == 2 and report["terms_kept"] == 2
+    assert 0 < report["retained_bytes"] < 2**30
+    assert small.graph_report()["mode"] == "recompute" and small.graph_report()["graph_builds"] == 6
+    assert fresh.graph_report()["mode"] == "recompute"
+    with torch.no_grad():
+        kept.params[0].add_(0.01)
+    assert np.allclose(kept.gradient(), fresh.gradient(), atol=1e-7)
+    assert np.linalg.norm(kept.matvec(v) - fresh.matvec(v)) <= 1e-6 * np.linalg.norm(want)
+    assert kept.graph_builds == 4  # both batches rebuilt once
+
+
+def test_lanczos_stopping_rule_gives_the_fixed_step_eigenvalues_with_fewer_products(tiny_model_dir, tokenizer):
+    model = load_model(ModelSpec(str(tiny_model_dir)))
+    params = select_parameters(model, "adapter", ("q_proj", "v_proj"), last_layers=1)
+    op = HessianOperator(model, params, [encode(tokenizer, _examples(3, "h"))])
+    fixed, stopped = {}, {}
+    want, _, _ = top_eigenpairs(op, 4, 60, tol=0.0, info=fixed)
+    calls = op.calls
+    got, vecs, residuals = top_eigenpairs(op, 4, 60, tol=1e-6, info=stopped)
+    assert fixed == {"steps": 60, "max_steps": 60, "tol": 0.0, "converged": False}
+    assert stopped["converged"] and stopped["steps"] == op.calls - calls < 45
+    assert np.max(np.abs(got - want)) <= 1e-5 * abs(want[0])
+    for lam, v, r in zip(got, vecs.T, residuals):
+        assert np.linalg.norm(op.matvec(v) - lam * v) == pytest.approx(r, rel=1e-2, abs=1e-6)
+
+
 def test_k_out_of_range_and_empty_subset_are_errors(operator, tiny_model_dir):
     with pytest.raises(InputError, match="--k"):
         top_eigenpairs(operator, operator.size)
@@ -300,7 +387,7 @@ def test_k_out_of_range_and_empty_subset_are_errors(operator, tiny_model_dir):
 
 def test_curvature_on_the_aligned_model_and_the_fine_tune(tiny_model_dir, tiny_adapter_dir):
     pair = {"base": ModelSpec(str(tiny_model_dir)), "finetuned": ModelSpec(str(tiny_model_dir), str(tiny_adapter_dir))}
-    config = CurvatureConfig(k=2, samples=3, trace_probes=2, layers=1)
+    config = CurvatureConfig(k=2, samples=3, trace_probes=2, layers=1, density_runs=2, density_steps=4)
     result = curvature(pair, _examples(4, "s"), _examples(4, "t"), config)
     assert result["parameters"] == {"params": "adapter", "targets": ["q_proj", "v_proj"], "layers": 1}
     aligned, tuned = result["aligned"], result["finetuned"]
@@ -311,6 +398,10 @@ def test_curvature_on_the_aligned_model_and_the_fine_tune(tiny_model_dir, tiny_a
         c = block["conditions"]["coupling"]
         assert c["ci_low"] <= c["value"] + 1e-12 and c["value"] <= c["ci_high"] + 1e-12
         assert {"c1", "c2", "kappa4", "kappa4_topk"} <= set(block["taylor"])
+        assert block["hvp_graph"]["safety"]["mode"] == block["hvp_graph"]["task"]["mode"] == "reuse"
+        assert block["hvp_graph"]["safety"]["graph_builds"] == 1 and block["lanczos"]["steps"] >= 3
+        density = block["density"]
+        assert density["runs"] == 2 and len(density["grid"]) == len(density["density"]) and density["trace"] > 0
 
 
 def test_probe_keeps_the_aligned_models_own_refusals(monkeypatch, tiny_model_dir):

@@ -29,8 +29,12 @@ the earlier probe, are further from stationary. |grad L_A| against |g| is report
 What is computed, on the ALIGNED model (the paper's statement) and, for comparison, on the
 fine-tune (same L_A, same parameter set):
 
-* the top-k eigenpairs of H_A (Lanczos with full reorthogonalisation and a fixed number of steps,
-  on Hessian-vector products by double backward, PyHessian's method) and tr(H_A) by Hutchinson;
+* the top-k eigenpairs of H_A (Lanczos with full reorthogonalisation, at most ``--lanczos-steps``
+  steps, stopped early once the top-k Ritz values' error bounds meet ``--lanczos-tol``, on
+  Hessian-vector products by double backward, PyHessian's method), tr(H_A) by Hutchinson and,
+  with ``--density-runs``, the spectral density by stochastic Lanczos quadrature. Each batch's
+  gradient graph is built once and kept (``--graph-memory-gb``), so every further product is one
+  backward (``LossHessian``); the answer reports the mode and the kept graph's bytes;
 * the three parts of the Alignment Instability Condition (Methodology 3), each with value, 95%
   interval, threshold (an ``option``) and verdict:
   low-dimensional safety subspace = share of tr(H_A) in the top k eigenvalues;
@@ -95,6 +99,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.linalg import eigh_tridiagonal
 from scipy.sparse.linalg import LinearOperator
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -144,7 +149,32 @@ class CurvatureConfig:
     lanczos_steps: int = option(
         24, "Lanczos steps (one Hessian-vector product each)", label="Lanczos steps", low=2, high=1000
     )
+    lanczos_tol: float = option(
+        1e-6,
+        "stop Lanczos before --lanczos-steps once every top-k eigenvalue's error bound min(r, r^2/gap) and its "
+        "change per step are below this times |lambda_1| (0: always run every step)",
+        label="Lanczos tolerance",
+        low=0.0,
+        high=1.0,
+    )
     trace_probes: int = option(8, "Hutchinson probes for tr(H)", label="Trace probes", low=2, high=256)
+    density_runs: int = option(
+        0,
+        "spectral density by stochastic Lanczos quadrature: random probes on each model (0: off)",
+        label="Spectral-density probes (0: off)",
+        low=0,
+        high=64,
+    )
+    density_steps: int = option(
+        24, "Lanczos steps per spectral-density probe", label="Spectral-density steps", low=2, high=500
+    )
+    graph_memory_gb: float = option(
+        4.0,
+        "keep each batch's gradient graph across Hessian-vector products while the kept graphs' saved "
+        "tensors fit in this many GiB (one backward per further product); 0: recompute every product",
+        label="Kept gradient-graph memory (GiB)",
+        low=0.0,
+    )
     concentration_threshold: float = option(
         0.5, "low-dimensional if the top-k share of tr(H) is at least this", label="Concentration threshold"
     )
@@ -351,21 +381,79 @@ def _row(batch: dict, i: int) -> dict:
 
 
 # ---------------------------------------------------------------------------- Hessian-vector products
+def retained_bytes(roots: list[torch.Tensor], exclude: set[int] = frozenset()) -> int:
+    """Bytes of the distinct storages the autograd graph behind ``roots`` holds (its saved
+    activations), storages in ``exclude`` (data pointers of weights) not counted: walks the graph's
+    nodes and their ``_saved_*`` tensors, as torchviz does to draw saved tensors."""
+    seen_nodes: set = set()
+    seen: set[int] = set(exclude)
+    total = 0
+    stack = [t.grad_fn for t in roots if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen_nodes:
+            continue
+        seen_nodes.add(node)
+        names = _SAVED_NAMES.get(type(node))
+        if names is None:
+            names = _SAVED_NAMES[type(node)] = tuple(n for n in dir(node) if n.startswith("_saved_"))
+        for name in names:
+            try:
+                value = getattr(node, name)
+            except RuntimeError:  # freed or undefined
+                continue
+            for t in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(t, torch.Tensor) and t.layout == torch.strided:
+                    storage = t.untyped_storage()
+                    if storage.data_ptr() not in seen:
+                        seen.add(storage.data_ptr())
+                        total += storage.nbytes()
+        stack.extend(n for n, _ in node.next_functions if n is not None)
+    return total
+
+
+_SAVED_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _storages(module: torch.nn.Module | None, params: list[torch.Tensor]) -> set[int]:
+    tensors = list(params) + (list(module.parameters()) + list(module.buffers()) if module is not None else [])
+    return {t.untyped_storage().data_ptr() for t in tensors}
+
+
 class LossHessian:
     """Gradient and Hessian-vector products of a loss written as a sum of terms (zero-argument
-    callables returning scalar tensors), over a parameter subset, as float64 numpy vectors."""
+    callables returning scalar tensors), over a parameter subset, as float64 numpy vectors.
+
+    Gradient-graph reuse (PyHessian's ``hessian`` class, Yao et al. 2020, arXiv 1912.07145, builds
+    ``gradsH`` with ``create_graph=True`` once per batch and takes every product as one more
+    backward through it): the first product on a term runs its forward and a ``create_graph``
+    backward and keeps that graph; every further product is one backward of g . v through it with
+    ``retain_graph``. A term's graph is kept while the operator's kept graphs' saved tensors
+    (``retained_bytes``; weights excluded) stay within ``graph_memory_gb``; a term beyond it is
+    recomputed per product (the path without reuse: forward, create_graph backward, backward).
+    In-place changes of the parameters (their version counters) drop the kept graphs. The fused
+    attention kernels have no double backward, so every create_graph pass runs the math kernel."""
 
     def __init__(
         self,
         params: dict[str, torch.Tensor],
         terms: list[Callable[[], torch.Tensor]],
         progress: Progress | None = None,
+        graph_memory_gb: float = 4.0,
+        model: torch.nn.Module | None = None,
     ):
         self.names = list(params)
         self.params = [params[n] for n in self.names]
         self.terms = terms
         self.size = sum(p.numel() for p in self.params)
         self.progress, self.expected_calls, self.calls = progress or Progress(), 1, 0
+        self.budget = int(max(0.0, graph_memory_gb) * 2**30)
+        self._exclude = _storages(model, self.params)
+        self._graphs: list[list[torch.Tensor] | None] = [None] * len(terms)
+        self._too_big = [False] * len(terms)
+        self._versions: list[int] = []
+        self._bytes = [0] * len(terms)
+        self.peak_bytes, self.graph_builds = 0, 0
 
     def _split(self, vec: np.ndarray) -> list[torch.Tensor]:
         out, start = [], 0
@@ -388,8 +476,65 @@ class LossHessian:
             )
         )
 
+    # ------------------------------------------------------------------ kept gradient graphs
+    def _check_versions(self) -> None:
+        versions = [p._version for p in self.params]
+        if versions != self._versions:
+            self.release()
+            self._too_big = [False] * len(self.terms)
+            self._versions = versions
+
+    def release(self) -> None:
+        """Drop the kept gradient graphs (the report keeps their sizes)."""
+        self._graphs = [None] * len(self.terms)
+        self._bytes = [0] * len(self.terms)
+
+    def _graph(self, j: int) -> tuple[list[torch.Tensor], bool]:
+        """Term ``j``'s gradient with its graph (create_graph), and whether that graph is kept."""
+        self._check_versions()
+        kept = self._graphs[j]
+        if kept is not None:
+            return kept, True
+        with sdpa_kernel(SDPBackend.MATH):
+            grads = self._grad(self.terms[j], create_graph=True)
+        self.graph_builds += 1
+        if self.budget <= 0 or self._too_big[j]:
+            return grads, False
+        size = retained_bytes(grads, self._exclude)
+        if sum(self._bytes) + size > self.budget:
+            self._too_big[j] = True
+            return grads, False
+        self._graphs[j], self._bytes[j] = grads, size
+        self.peak_bytes = max(self.peak_bytes, sum(self._bytes))
+        return grads, True
+
+    def prepare(self) -> None:
+        """Build (and keep, within the budget) every term's gradient graph now, so that the
+        gradients below come from it and the products after them need one backward each."""
+        if self.budget > 0:
+            for j in range(len(self.terms)):
+                self._graph(j)
+
+    def graph_report(self) -> dict:
+        """How products were taken: 'reuse' (every term's graph kept), 'partial', 'recompute'
+        (none kept: over budget or budget 0), with the kept graphs' peak bytes and the budget."""
+        kept = sum(not big for big in self._too_big) if self.budget > 0 else 0
+        mode = "reuse" if kept == len(self.terms) else "recompute" if kept == 0 else "partial"
+        return {
+            "mode": mode,
+            "terms": len(self.terms),
+            "terms_kept": kept,
+            "retained_bytes": self.peak_bytes,
+            "budget_bytes": self.budget,
+            "graph_builds": self.graph_builds,
+            "products": self.calls,
+        }
+
+    # ------------------------------------------------------------------ gradients and products
     def term_gradients(self) -> list[np.ndarray]:
-        return [self._flat(self._grad(term)) for term in self.terms]
+        """Each term's gradient (from its kept graph where there is one)."""
+        self._check_versions()
+        return [self._flat(g if g is not None else self._grad(t)) for g, t in zip(self._graphs, self.terms)]
 
     def gradient(self) -> np.ndarray:
         return np.sum(self.term_gradients(), axis=0)
@@ -399,16 +544,14 @@ class LossHessian:
         self.calls += 1
         self.progress.update(min(0.95, self.calls / self.expected_calls), f"Hessian-vector product {self.calls}")
         v = self._split(np.asarray(vec, dtype=np.float64).reshape(-1))
-        # The fused attention kernels have no double backward; the math kernel is plain autograd ops.
-        with sdpa_kernel(SDPBackend.MATH):
-            return [self._flat(self._hvp(term, v)) for term in self.terms]
+        return [self._flat(self._hvp(j, v)) for j in range(len(self.terms))]
 
-    def _hvp(self, term: Callable[[], torch.Tensor], v: list[torch.Tensor]) -> list[torch.Tensor]:
-        grads = self._grad(term, create_graph=True)
+    def _hvp(self, j: int, v: list[torch.Tensor]) -> list[torch.Tensor]:
+        grads, keep = self._graph(j)
         dot = sum((g * vi).sum() for g, vi in zip(grads, v))
         if not dot.requires_grad:  # the term is linear in the parameters
             return [torch.zeros_like(p) for p in self.params]
-        return list(torch.autograd.grad(dot, self.params, allow_unused=True, materialize_grads=True))
+        return list(torch.autograd.grad(dot, self.params, retain_graph=keep, allow_unused=True, materialize_grads=True))
 
     def matvec(self, vec: np.ndarray) -> np.ndarray:
         return np.sum(self.term_matvecs(vec), axis=0)
@@ -426,29 +569,20 @@ class HessianOperator(LossHessian):
         params: dict[str, torch.nn.Parameter],
         batches: list[dict],
         progress: Progress | None = None,
+        graph_memory_gb: float = 4.0,
     ):
         self.model, self.lm = model, CausalLoss(model, params)
         self.batches = self.lm.cache(batches)
-        super().__init__(params, self.lm.batch_terms(self.batches), progress)
+        super().__init__(params, self.lm.batch_terms(self.batches), progress, graph_memory_gb, model)
 
 
-def top_eigenpairs(
-    op: LossHessian, k: int, steps: int = 40, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The k largest Ritz pairs (descending) after ``steps`` Lanczos steps with full
-    reorthogonalisation, and each pair's residual |H y - theta y| (a true eigenvalue lies within
-    it of theta; the j-th Ritz value never exceeds the j-th eigenvalue). One HVP per step: the
-    cost is fixed, unlike a restarted Lanczos on a clustered spectrum."""
-    if not 1 <= k < op.size:
-        raise InputError(
-            f"--k {k} must be between 1 and the subset size minus one ({op.size - 1}).",
-            "use a smaller k or a larger parameter subset.",
-        )
-    m = min(max(steps, k + 1), op.size)
-    op.expected_calls = op.calls + m
+def _lanczos(
+    op: LossHessian, q: np.ndarray, m: int, stop: Callable[[list, list], bool] | None = None
+) -> tuple[np.ndarray, list[float], list[float]]:
+    """Up to ``m`` Lanczos steps from ``q`` with full reorthogonalisation: (basis rows, alpha,
+    beta); ``stop(alpha, beta)`` after a step ends the run early."""
     basis, alpha, beta = np.zeros((m, op.size)), [], []
-    q = np.random.default_rng(seed).standard_normal(op.size)
-    q /= np.linalg.norm(q)
+    q = q / np.linalg.norm(q)
     for j in range(m):
         basis[j] = q
         w = op.matvec(q)
@@ -463,11 +597,125 @@ def top_eigenpairs(
             )
         if beta[-1] <= 1e-10 * max(1.0, abs(alpha[-1])):
             break  # an invariant subspace: the Ritz pairs are exact
+        if stop is not None and stop(alpha, beta):
+            break
         q = w / beta[-1]
+    return basis[: len(alpha)], alpha, beta
+
+
+def _ritz(alpha: list[float], beta: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending) and eigenvectors of the tridiagonal T of a Lanczos run."""
     n = len(alpha)
-    theta, s = np.linalg.eigh(np.diag(alpha) + np.diag(beta[: n - 1], 1) + np.diag(beta[: n - 1], -1))
-    order = np.argsort(theta)[::-1][:k]
-    return theta[order], basis[:n].T @ s[:, order], np.abs(beta[n - 1] * s[n - 1, order])
+    theta, s = (
+        eigh_tridiagonal(np.asarray(alpha), np.asarray(beta[: n - 1])) if n > 1 else (np.array(alpha), np.ones((1, 1)))
+    )
+    order = np.argsort(theta)[::-1]
+    return theta[order], s[:, order]
+
+
+def ritz_error_bounds(theta: np.ndarray, residuals: np.ndarray) -> np.ndarray:
+    """min(r, r^2 / gap) per Ritz value: r bounds |lambda - theta| for a symmetric operator, and
+    r^2 / gap (gap: distance to the nearest other Ritz value, standing in for the rest of the
+    spectrum) is the sharper a-posteriori estimate once the pair has separated, r < gap / 2
+    (Parlett, The Symmetric Eigenvalue Problem, ch. 11)."""
+    out = np.array(residuals, dtype=float)
+    for i, t in enumerate(theta[: len(out)]):
+        others = np.delete(theta, i)
+        gap = float(np.min(np.abs(others - t))) if len(others) else float("inf")
+        if out[i] < gap / 2:  # separated: the gap estimate applies
+            out[i] = min(out[i], out[i] ** 2 / gap)
+    return out
+
+
+def top_eigenpairs(
+    op: LossHessian, k: int, steps: int = 40, seed: int = 0, tol: float = 0.0, info: dict | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The k largest Ritz pairs (descending) after at most ``steps`` Lanczos steps with full
+    reorthogonalisation, and each pair's residual |H y - theta y| (a true eigenvalue lies within
+    it of theta; the j-th Ritz value never exceeds the j-th eigenvalue). One HVP per step.
+
+    Stopping rule (``tol`` > 0): after step j >= k + 1, stop once every top-k Ritz value's error
+    bound min(r, r^2 / gap) (``ritz_error_bounds``) and its change since the previous step are
+    both at most ``tol`` * |theta_1|; the steps taken are those of the fixed-step run up to that
+    point (same start vector), so the values agree with a longer run to about ``tol``. ARPACK
+    (scipy's ``eigsh``, which curvlinops runs over its Hessian operator) stops on residuals the
+    same way. ``info`` receives the steps taken and whether the rule was met."""
+    if not 1 <= k < op.size:
+        raise InputError(
+            f"--k {k} must be between 1 and the subset size minus one ({op.size - 1}).",
+            "use a smaller k or a larger parameter subset.",
+        )
+    m = min(max(steps, k + 1), op.size)
+    op.expected_calls = op.calls + m
+    state: dict = {"previous": None, "converged": False}
+
+    def stop(alpha: list[float], beta: list[float]) -> bool:
+        if tol <= 0 or len(alpha) < k + 1:
+            return False
+        theta, s = _ritz(alpha, beta)
+        bounds = ritz_error_bounds(theta, np.abs(beta[-1] * s[-1, :k]))
+        previous, state["previous"] = state["previous"], theta[:k]
+        scale = max(abs(theta[0]), abs(theta[-1]), 1e-300)
+        done = previous is not None and bool(np.all(bounds <= tol * scale))
+        state["converged"] = done and bool(np.all(np.abs(theta[:k] - previous) <= tol * scale))
+        return state["converged"]
+
+    q0 = np.random.default_rng(seed).standard_normal(op.size)
+    basis, alpha, beta = _lanczos(op, q0, m, stop)
+    theta, s = _ritz(alpha, beta)
+    if info is not None:
+        info.update(steps=len(alpha), max_steps=m, tol=tol, converged=state["converged"] or len(alpha) < m)
+    return theta[:k], basis.T @ s[:, :k], np.abs(beta[-1] * s[-1, :k])
+
+
+def spectral_density(
+    op: LossHessian, runs: int, steps: int, seed: int = 0, points: int = 400, width: float = 0.01
+) -> dict:
+    """The Hessian's eigenvalue density by stochastic Lanczos quadrature (Ghorbani, Krishnan and
+    Xiao 2019, arXiv 1901.10159; PyHessian's ``hessian.density`` and curvlinops'
+    ``lanczos_approximate_spectrum`` offer the same): per run, ``steps`` Lanczos steps from a
+    normalised Rademacher vector v give nodes theta_i and weights tau_i = (first component of the
+    i-th eigenvector of T)^2, a quadrature with sum_i tau_i f(theta_i) ~ v^T f(H) v, exact for
+    polynomials f of degree < 2 * steps, and E[v^T f(H) v] = tr f(H) / n. The density is the mean
+    over runs of sum_i tau_i N(x; theta_i, sigma^2), sigma = ``width`` times the nodes' range, on
+    ``points`` values (it integrates to 1: eigenvalues per parameter). ``moments`` are the
+    estimates of tr(H^p) / n for p = 1..4."""
+    nodes, weights = [], []
+    m = min(steps, op.size)
+    op.expected_calls = op.calls + runs * m
+    for r in range(runs):
+        rng = np.random.default_rng([seed, r, 7])
+        _, alpha, beta = _lanczos(op, rng.choice([-1.0, 1.0], op.size), m)
+        theta, s = _ritz(alpha, beta)
+        nodes.append(theta.tolist())
+        weights.append((s[0] ** 2).tolist())
+    flat_nodes = np.concatenate([np.asarray(n) for n in nodes])
+    lo, hi = float(flat_nodes.min()), float(flat_nodes.max())
+    sigma = width * (hi - lo) if hi > lo else max(abs(hi), 1.0) * width
+    grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, points)
+    density = np.zeros(points)
+    for theta, tau in zip(nodes, weights):
+        gauss = np.exp(-0.5 * ((grid[:, None] - np.asarray(theta)[None, :]) / sigma) ** 2) / (
+            sigma * math.sqrt(2 * math.pi)
+        )
+        density += gauss @ np.asarray(tau)
+    density /= max(1, runs)
+    per_run = np.array(
+        [[np.sum(np.asarray(t) * np.asarray(n) ** p) for p in (1, 2, 3, 4)] for n, t in zip(nodes, weights)]
+    )
+    return {
+        "runs": runs,
+        "steps": m,
+        "width": width,
+        "sigma": sigma,
+        "grid": grid.tolist(),
+        "density": density.tolist(),
+        "nodes": nodes,
+        "weights": weights,
+        "moments": {f"p{p}": float(per_run[:, p - 1].mean()) for p in (1, 2, 3, 4)},
+        "trace": float(per_run[:, 0].mean() * op.size),
+        "method": "stochastic Lanczos quadrature (Rademacher probes, full reorthogonalisation, Gaussian broadening)",
+    }
 
 
 def hutchinson_samples(op: LossHessian, probes: int, seed: int = 0) -> list[float]:
@@ -591,10 +839,11 @@ def _model_block(
     if kl and own:  # the model is its own teacher: the cached suffix gives its log-probabilities
         s_batches = attach_teacher(lm, s_batches)
     t_batches = lm.cache(encode_batches(tokenizer, task, config.batch_size, config.max_length))
+    budget = config.graph_memory_gb
     out = geometry(
-        LossHessian(params, lm.batch_terms(s_batches)),
-        LossHessian(params, lm.example_terms(s_batches)),
-        LossHessian(params, lm.example_terms(t_batches)),
+        LossHessian(params, lm.batch_terms(s_batches), graph_memory_gb=budget, model=model),
+        LossHessian(params, lm.example_terms(s_batches), graph_memory_gb=0.0, model=model),  # one product each
+        LossHessian(params, lm.example_terms(t_batches), graph_memory_gb=budget, model=model),
         config,
         progress,
     )
@@ -613,20 +862,30 @@ def geometry(
     ``safety``: terms summing to the mean alignment loss (batched, for Lanczos and the trace);
     ``safety_examples`` / ``task_examples``: one term per example (each its own loss)."""
     progress = progress or Progress()
-    safety.progress = progress.stage(0.0, 0.6)
-    vals, vecs, residuals = top_eigenpairs(safety, config.k, config.lanczos_steps)
-    lanczos_calls = safety.calls
-    progress.update(0.6, f"top eigenvalue {vals[0]:.4g} after {lanczos_calls} Hessian-vector products")
-    safety.progress, safety.expected_calls = progress.stage(0.6, 0.75), safety.calls + config.trace_probes
-    probes = hutchinson_samples(safety, config.trace_probes)
-    rayleigh = [float(vecs[:, 0] @ hv) for hv in safety_examples.term_matvecs(vecs[:, 0])]
-    progress.update(0.85, "task gradient and its second-order acceleration")
+    # the task side first, so each operator's kept gradient graphs are released before the next one's
+    progress.update(0.0, "task gradient and its second-order acceleration")
+    task_examples.prepare()  # the gradients come from the graphs the products below reuse
     g_i = task_examples.term_gradients()
     g = np.mean(g_i, axis=0)
     u_i = task_examples.term_matvecs(g)  # H_F,i g: their mean is the acceleration H_F g
     u = np.mean(u_i, axis=0)
+    task_examples.release()
+    safety.progress = progress.stage(0.05, 0.6)
+    lanczos: dict = {}
+    vals, vecs, residuals = top_eigenpairs(safety, config.k, config.lanczos_steps, tol=config.lanczos_tol, info=lanczos)
+    lanczos_calls = safety.calls
+    progress.update(0.6, f"top eigenvalue {vals[0]:.4g} after {lanczos_calls} Hessian-vector products")
+    safety.progress, safety.expected_calls = progress.stage(0.6, 0.75), safety.calls + config.trace_probes
+    probes = hutchinson_samples(safety, config.trace_probes)
+    density = None
+    if config.density_runs:
+        safety.progress = progress.stage(0.75, 0.85)
+        density = spectral_density(safety, config.density_runs, config.density_steps)
+    progress.update(0.85, "Taylor coefficients")
     a = safety.gradient()
     taylor = _taylor(a, g, u, safety.matvec(g), safety.matvec(u), vals, vecs)
+    safety.release()
+    rayleigh = [float(vecs[:, 0] @ hv) for hv in safety_examples.term_matvecs(vecs[:, 0])]
     trace = float(np.mean(probes))
     couple, first = coupling(u, vecs), coupling(g, vecs)
     intervals = {
@@ -656,6 +915,9 @@ def geometry(
         "taylor": taylor,
         "conditions": conditions(vals, trace, safety.size, couple, config, intervals),
         "hvp_calls": {"safety_lanczos": lanczos_calls, "safety_total": safety.calls, "task": task_examples.calls},
+        "lanczos": lanczos,
+        "hvp_graph": {"safety": safety.graph_report(), "task": task_examples.graph_report()},
+        **({"density": density} if density is not None else {}),
     }
 
 
@@ -714,7 +976,7 @@ def curvature(
         }
         stage = progress.stage(i / 2, (i + 1) / 2)
         out[name] = memoize(
-            "curvature-v2",
+            "curvature-v3",
             key,
             lambda spec=pair[role], stage=stage: _model_block(spec, pair["base"], rule, safety, task, config, stage),
         )
