@@ -61,6 +61,17 @@ if result:
     c4.metric("Quartic law", (drift.get("verdict") or {}).get("label", "not run"))
     ui.table(figures.conditions_table(result))
     ui.figure(figures.hessian_spectrum(result), "hessian-spectrum")
+    if any(isinstance((b or {}).get("density"), dict) for b in (aligned, tuned)):
+        ui.figure(figures.spectral_density(result), "spectral-density")
+    graph = (aligned.get("hvp_graph") or {}).get("safety")
+    if graph:
+        lanczos = aligned.get("lanczos") or {}
+        st.caption(
+            f"Hessian-vector products: gradient graph {graph['mode']} "
+            f"(kept {graph['retained_bytes'] / 2**20:.0f} MiB of {graph['budget_bytes'] / 2**30:.3g} GiB allowed); "
+            f"Lanczos took {lanczos.get('steps', '?')} of at most {lanczos.get('max_steps', '?')} steps"
+            f"{' and met its tolerance' if lanczos.get('converged') else ''}."
+        )
     if drift:
         ui.figure(figures.drift_figure(drift), "drift-monitor")
         station, predicted = drift.get("stationarity") or {}, drift.get("predicted") or {}

@@ -288,3 +288,16 @@ def test_comparison_bars_one_trace_per_model():
     assert list(fig.data[2].y) == [50.0, 90.0, 88.0, 3.0]
     assert fig.data[0].marker.color == F.ROLE_COLOURS["base"]
     assert len({t.marker.color for t in fig.data}) == 4
+
+
+def test_spectral_density_one_line_per_model_on_a_log_axis():
+    result = curvature_result()
+    assert not F.spectral_density(result).data and len(F.FIGURES["curvature"].figures(result)) == 2
+    for key, shift in (("aligned", 0.0), ("finetuned", 1.0)):
+        grid = list(np.linspace(-1.0, 5.0, 50) + shift)
+        density = [math.exp(-((x - shift) ** 2)) / math.sqrt(math.pi) for x in grid]
+        result[key]["density"] = {"runs": 2, "steps": 8, "sigma": 0.05, "grid": grid, "density": density}
+    fig = F.spectral_density(result)
+    assert len(fig.data) == 2 and fig.layout.yaxis.type == "log" and fig.layout.xaxis.title.text
+    assert "2 probes" in fig.data[0].name and min(fig.data[0].y) > 0
+    assert len(F.FIGURES["curvature"].figures(result)) == 3

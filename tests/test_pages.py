@@ -158,6 +158,24 @@ def test_analysis_page_renders_a_cached_answer_and_an_error(name, key, result, n
     assert no_jobs_started()
 
 
+def test_curvature_page_shows_the_density_and_how_products_were_taken():
+    at = page("curvature")
+    at.number_input(key="curvature-density_runs").set_value(2).run()
+    argv = page_argv(at, "curvature")
+    assert "--density-runs" in argv
+    result = curvature_result()
+    for key in ("aligned", "finetuned"):
+        grid = [0.1 * i for i in range(50)]
+        result[key]["density"] = {"runs": 2, "steps": 8, "sigma": 0.1, "grid": grid, "density": [1.0] * 50}
+    result["aligned"]["hvp_graph"] = {"safety": {"mode": "reuse", "retained_bytes": 2**27, "budget_bytes": 2**32}}
+    result["aligned"]["lanczos"] = {"steps": 18, "max_steps": 24, "converged": True}
+    plant(argv, result)
+    at.run()
+    assert not at.exception and charts(at) == 3
+    assert any("gradient graph reuse (kept 128 MiB" in c.value and "18 of at most 24" in c.value for c in at.caption)
+    assert no_jobs_started()
+
+
 @pytest.mark.parametrize(
     "name,key",
     [("correlation", "correlate"), ("landscape", "landscape"), ("curvature", "curvature"), ("basin", "basin")],

@@ -509,6 +509,35 @@ def hessian_spectrum(result: dict | None) -> go.Figure:
     return _finish(fig, title)
 
 
+def spectral_density(result: dict | None) -> go.Figure:
+    """The safety Hessian's eigenvalue density by stochastic Lanczos quadrature on each model
+    (``--density-runs``), log y as PyHessian plots it, with the run count and broadening."""
+    title = "Safety-Hessian spectral density (stochastic Lanczos quadrature)"
+    series = [
+        (label, block["density"], colour)
+        for label, block, colour in _curvature_blocks(result or {})
+        if isinstance(block.get("density"), dict) and block["density"].get("density")
+    ]
+    if not series:
+        return no_data(title, "no density: run with --density-runs 1 or more")
+    fig = go.Figure()
+    peak = max(max(d["density"]) for _, d, _ in series)
+    floor = peak * 1e-8 if peak > 0 else 1e-12
+    for label, d, colour in series:
+        fig.add_trace(
+            go.Scatter(
+                x=d["grid"],
+                y=[max(float(v), floor) for v in d["density"]],
+                mode="lines",
+                name=f"{label} ({d['runs']} probes × {d['steps']} steps, σ = {d['sigma']:.2g})",
+                line=dict(color=colour, width=3),
+            )
+        )
+    fig.update_xaxes(title_text="eigenvalue λ (nats per squared weight unit)")
+    fig.update_yaxes(title_text="density (share of eigenvalues per unit λ)", type="log", exponentformat="power")
+    return _finish(fig, title)
+
+
 def _value_axis(values: list[float]) -> dict[str, Any]:
     """Log axis with one labelled tick per decade when all values are positive, else linear."""
     if not values or min(values) <= 0:
@@ -1040,6 +1069,7 @@ __all__ = [
     "no_data",
     "restoration_live",
     "slide_template",
+    "spectral_density",
     "trajectory_contour",
     "visage_bars",
 ]
@@ -1058,7 +1088,12 @@ class AnalysisFigures:
 
 
 def _curvature_figures(r: dict) -> list[go.Figure]:
-    return [hessian_spectrum(r)] + ([drift_figure(r["drift"])] if r.get("drift") else [])
+    density = any(isinstance(b.get("density"), dict) for _, b, _ in _curvature_blocks(r))
+    return (
+        [hessian_spectrum(r)]
+        + ([spectral_density(r)] if density else [])
+        + ([drift_figure(r["drift"])] if r.get("drift") else [])
+    )
 
 
 def _curvature_numbers(r: dict) -> dict:
