@@ -1,0 +1,396 @@
+"""This project's curvature and landscape against the peer libraries, on the same model, data and
+parameters (issue 15's table), printed as ratios with agreement checks:
+
+(a) one Hessian-vector product / one gradient on the same batch: the first product (forward,
+    create_graph backward, one more backward) and each further product (one backward through the
+    kept gradient graph), beside today's path (every product from scratch); PyHessian 0.1 (its
+    ``hessian`` class keeps ``gradsH`` the same way) and curvlinops (``HessianLinearOperator``,
+    torch.func jvp over jacrev, nothing kept);
+(b) the top 4 eigenvalues: Lanczos with the stopping rule and kept graph against the fixed-step
+    Lanczos of before and scipy ``eigsh`` over curvlinops' operator (PyHessian's power iteration
+    with ``--pyhessian-eigenvalues``, slow);
+(c) one landscape grid point / one forward: ``core.geometry.landscape.surface`` against
+    loss-landscapes' ``random_plane`` (5 x 5 each, directions timed apart).
+
+The peers are optional: each row is measured for a peer only when it imports. Install them for
+the bench only, never into requirements.txt, e.g. a venv that sees this project's packages:
+
+    python3.11 -m venv /work/peers-venv
+    echo "$PWD/.venv/lib/python3.11/site-packages" > /work/peers-venv/lib/python3.11/site-packages/main.pth
+    /work/peers-venv/bin/pip install --no-deps pyhessian curvlinops-for-pytorch loss-landscapes einops \
+        einconv linear_operator jaxtyping wadler_lindig backpack-for-pytorch unfoldNd
+
+Run: /work/peers-venv/bin/python bench/peers.py --threads 2 (the demo world's fine-tuned model, its
+460,800 LoRA weights, 8 curvature-probe examples, 50 Lanczos steps); --quick: a tiny random Llama
+with a LoRA adapter, to check the script works in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.sparse.linalg import LinearOperator, eigsh
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.timing import median_time  # noqa: E402
+from core.base.progress import Progress  # noqa: E402
+from core.geometry.curvature import HessianOperator, select_parameters, top_eigenpairs  # noqa: E402
+from core.geometry.landscape import (  # noqa: E402
+    LandscapeConfig,
+    mean_loss,
+    perturbed_parameters,
+    random_direction,
+    surface,
+)
+from core.world.data import safety_probe  # noqa: E402
+from core.world.loss import encode  # noqa: E402
+from core.world.models import ModelSpec, load_model, load_tokenizer  # noqa: E402
+
+
+# ---------------------------------------------------------------------------- the problem
+def tiny_pair(root: Path) -> ModelSpec:
+    """A 2-layer hidden-32 random Llama with the SmolLM2 tokenizer and a LoRA adapter (q, v; r=2)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from core.world.demo import raw_model_path
+
+    tok = load_tokenizer(ModelSpec(raw_model_path()))
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        initializer_range=0.2,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    peft = get_peft_model(
+        LlamaForCausalLM.from_pretrained(root / "model"),
+        LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    peft.save_pretrained(root / "adapter")
+    return ModelSpec(str(root / "model"), str(root / "adapter"))
+
+
+class Logits(torch.nn.Module):
+    """A Hugging Face causal LM as the peers call a model: a batch dict in, the logits at the
+    counted positions out (one row per counted token, as this project computes them: prompt and
+    padding positions cost no vocabulary projection)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        counted = torch.zeros_like(batch["labels"], dtype=torch.bool)
+        counted[:, :-1] = batch["labels"][:, 1:] != -100
+        out = self.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            logits_to_keep=counted,
+            use_cache=False,
+        )
+        return out.logits.reshape(-1, out.logits.size(-1))
+
+
+class ExampleMeanLoss(torch.nn.Module):
+    """This project's loss from those logits and the labels: per example, the mean cross-entropy of
+    its counted tokens (label != -100), then the mean over examples (``reduction`` for curvlinops)."""
+
+    reduction = "mean"
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        counted = labels[:, 1:] != -100
+        tok = F.cross_entropy(logits.float(), labels[:, 1:][counted], reduction="none")
+        rows = counted.nonzero()[:, 0]
+        total = torch.zeros(labels.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, rows, tok)
+        return (total / counted.sum(1).clamp(min=1)).mean()
+
+
+def relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / max(np.linalg.norm(b), 1e-300))
+
+
+# ---------------------------------------------------------------------------- (a) products
+def products(model, params: dict, batch: dict, reps: int) -> dict:
+    """Gradient, first and further product (kept graph), today's product; the peers' products."""
+    kept = HessianOperator(model, params, [batch])
+    fresh = HessianOperator(model, params, [batch], graph_memory_gb=0.0)
+    v = np.random.default_rng(0).standard_normal(kept.size)
+    fresh.gradient(), fresh.matvec(v)  # warm-up
+    want = fresh.matvec(v)
+
+    def first() -> None:
+        kept.release()
+        kept.matvec(v)
+
+    out: dict = {"params": kept.size, "gradient_s": median_time(fresh.gradient, reps)}
+    out["ours"] = {
+        "first_s": median_time(first, reps),
+        "further_s": median_time(lambda: kept.matvec(v), reps),
+        "today_s": median_time(lambda: fresh.matvec(v), reps),
+        "agreement": relative(kept.matvec(v), want),
+        "graph": kept.graph_report(),
+    }
+    plist = list(params.values())
+    vt = [t.clone() for t in kept._split(v)]
+    try:
+        from pyhessian import hessian
+        from pyhessian.utils import hessian_vector_product
+    except ImportError as e:
+        out["pyhessian"] = {"skipped": f"not importable ({e})"}
+    else:
+        wrapped, loss = Logits(model), ExampleMeanLoss()
+        state: dict = {}
+
+        def build() -> None:
+            for p in plist:
+                p.grad = None
+            with sdpa_kernel(SDPBackend.MATH):  # the fused kernels have no double backward
+                state["h"] = hessian(wrapped, loss, data=(batch, batch["labels"]), cuda=False)
+            state["hv"] = hessian_vector_product(state["h"].gradsH, state["h"].params, vt)
+
+        further = lambda: hessian_vector_product(state["h"].gradsH, state["h"].params, vt)  # noqa: E731
+        out["pyhessian"] = {"first_s": median_time(build, reps), "further_s": median_time(further, reps)}
+        out["pyhessian"]["agreement"] = relative(kept._flat(state["hv"]), want)
+        state.clear()
+        for p in plist:
+            p.grad = None
+    operator = curvlinops_operator(model, plist, batch)
+    if isinstance(operator, str):
+        out["curvlinops"] = {"skipped": operator}
+    else:
+        flat_v = torch.from_numpy(v).to(plist[0].dtype)
+        with sdpa_kernel(SDPBackend.MATH):
+            product = lambda: operator @ flat_v  # noqa: E731
+            hv = product()
+            t = median_time(product, reps)
+        out["curvlinops"] = {"first_s": t, "further_s": t, "agreement": relative(hv.double().numpy(), want)}
+    for name in ("ours", "pyhessian", "curvlinops"):
+        row = out[name]
+        if "first_s" in row:
+            row["first_ratio"] = row["first_s"] / out["gradient_s"]
+            row["further_ratio"] = row["further_s"] / out["gradient_s"]
+    out["ours"]["today_ratio"] = out["ours"]["today_s"] / out["gradient_s"]
+    return out
+
+
+class CompositeSiLU(torch.nn.Module):
+    """x * sigmoid(x): SiLU from ops with forward-mode AD (``aten::silu_backward`` has none, and
+    curvlinops takes a jvp of the gradient)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(x)
+
+
+def composite_silu(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with every SiLU activation module replaced by ``CompositeSiLU`` (same values)."""
+    for module in list(model.modules()):
+        act = getattr(module, "act_fn", None)
+        if isinstance(act, torch.nn.SiLU) or type(act).__name__ == "SiLUActivation":  # transformers' own
+            module.act_fn = CompositeSiLU()
+    return model
+
+
+def curvlinops_operator(model, plist: list, batch: dict):
+    """curvlinops' Hessian operator over the same loss and parameters, or why it is skipped."""
+    try:
+        from curvlinops import HessianLinearOperator
+    except ImportError as e:
+        return f"not importable ({e})"
+    n = batch["input_ids"].shape[0]
+    return HessianLinearOperator(
+        Logits(composite_silu(model)),
+        ExampleMeanLoss(),
+        plist,
+        [(batch, batch["labels"])],
+        check_deterministic=False,
+        num_data=n,
+        batch_size_fn=lambda x: x["input_ids"].shape[0],
+    )
+
+
+# ---------------------------------------------------------------------------- (b) eigenvalues
+def eigenvalues(model, params: dict, batch: dict, steps: int, tol: float, pyhessian_power: bool) -> dict:
+    today = HessianOperator(model, params, [batch], graph_memory_gb=0.0)
+    t = time.perf_counter()
+    fixed, _, _ = top_eigenpairs(today, 4, steps, tol=0.0)
+    out: dict = {"fixed": {"s": time.perf_counter() - t, "products": today.calls, "values": fixed.tolist()}}
+    ours, info = HessianOperator(model, params, [batch]), {}
+    t = time.perf_counter()
+    vals, _, _ = top_eigenpairs(ours, 4, steps, tol=tol, info=info)
+    out["ours"] = {"s": time.perf_counter() - t, "products": ours.calls, "values": vals.tolist(), **info}
+    out["ours"]["agreement"] = float(np.max(np.abs(vals - fixed)) / abs(fixed[0]))
+    operator = curvlinops_operator(model, list(params.values()), batch)
+    if isinstance(operator, str):
+        out["curvlinops"] = {"skipped": operator}
+    else:
+        count = [0]
+        dtype = next(iter(params.values())).dtype
+
+        def matvec(x: np.ndarray) -> np.ndarray:
+            count[0] += 1
+            with sdpa_kernel(SDPBackend.MATH):
+                return (operator @ torch.from_numpy(np.asarray(x).reshape(-1)).to(dtype)).double().numpy()
+
+        scipy_op = LinearOperator(operator.shape, matvec=matvec, dtype=np.float64)
+        v0 = np.random.default_rng(0).standard_normal(operator.shape[0])
+        t = time.perf_counter()
+        found = np.sort(eigsh(scipy_op, k=4, which="LA", tol=tol, v0=v0, return_eigenvectors=False))[::-1]
+        out["curvlinops"] = {"s": time.perf_counter() - t, "products": count[0], "values": found.tolist()}
+        out["curvlinops"]["agreement"] = float(np.max(np.abs(found - fixed)) / abs(fixed[0]))
+    if pyhessian_power:
+        from pyhessian import hessian
+
+        with sdpa_kernel(SDPBackend.MATH):
+            t = time.perf_counter()
+            h = hessian(Logits(model), ExampleMeanLoss(), data=(batch, batch["labels"]), cuda=False)
+            found, _ = h.eigenvalues(maxIter=100, tol=1e-3, top_n=4)
+        out["pyhessian_power"] = {"s": time.perf_counter() - t, "values": sorted(found, reverse=True)}
+        for p in params.values():
+            p.grad = None
+    return out
+
+
+# ---------------------------------------------------------------------------- (c) landscape
+def landscape(model, batch: dict, reps: int, grid: int = 5) -> dict:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    batches = [batch]
+    mean_loss(model, batches)  # warm-up
+    forward = median_time(lambda: mean_loss(model, batches), reps)
+    params = perturbed_parameters(model, LandscapeConfig().modules)
+    t = time.perf_counter()
+    d1, d2 = random_direction(params, 1), random_direction(params, 2)
+    directions = time.perf_counter() - t
+    t = time.perf_counter()
+    surface(model, params, d1, d2, np.linspace(-0.01, 0.01, grid), batches, Progress(), "bench")
+    point = (time.perf_counter() - t) / grid**2
+    out = {"forward_s": forward, "ours": {"point_s": point, "ratio": point / forward, "directions_s": directions}}
+    try:
+        import loss_landscapes
+        from loss_landscapes.metrics import Loss
+    except ImportError as e:
+        out["loss_landscapes"] = {"skipped": f"not importable ({e})"}
+        return out
+    metric = Loss(ExampleMeanLoss(), batch, batch["labels"])
+    wrapped = Logits(model)
+    with torch.no_grad():
+        t = time.perf_counter()
+        loss_landscapes.random_plane(wrapped, metric, distance=100, steps=1, normalization="filter")
+        setup = time.perf_counter() - t  # directions and one point
+        t = time.perf_counter()
+        loss_landscapes.random_plane(wrapped, metric, distance=100, steps=grid, normalization="filter")
+        total = time.perf_counter() - t
+    peer = (total - setup) / (grid**2 - 1)
+    out["loss_landscapes"] = {"point_s": peer, "ratio": peer / forward, "directions_s": setup - peer}
+    return out
+
+
+# ---------------------------------------------------------------------------- the run
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--quick", action="store_true", help="a tiny random Llama with a LoRA adapter (seconds)")
+    ap.add_argument("--examples", type=int, default=8, help="curvature-probe examples in the batch (default 8)")
+    ap.add_argument("--steps", type=int, default=50, help="Lanczos steps of the fixed-step run (default 50)")
+    ap.add_argument("--tol", type=float, default=1e-6, help="Lanczos and eigsh tolerance (default 1e-6)")
+    ap.add_argument("--reps", type=int, default=3, help="timing repetitions, median (default 3)")
+    ap.add_argument("--pyhessian-eigenvalues", action="store_true", help="also PyHessian's power iteration (slow)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.quick:
+            spec = tiny_pair(Path(tmp))
+        else:
+            from core.world.demo import WorldConfig, build_world
+
+            spec = build_world(WorldConfig()).finetuned_spec
+        model, tok = load_model(spec), load_tokenizer(spec)
+        params = select_parameters(model, "lora")
+        batch = encode(tok, safety_probe("curvature", 0)[: args.examples])
+        out = {
+            "threads": args.threads,
+            "model": "tiny" if args.quick else "demo fine-tune",
+            "tokens": int(batch["attention_mask"].sum()),
+            "counted_tokens": int((batch["labels"][:, 1:] != -100).sum()),
+            "products": products(model, params, batch, args.reps),
+            "eigenvalues": eigenvalues(model, params, batch, args.steps, args.tol, args.pyhessian_eigenvalues),
+            "landscape": landscape(model, batch, args.reps),
+        }
+    report(out)
+    print(json.dumps(out))
+
+
+def report(out: dict) -> None:
+    a, b, c = out["products"], out["eigenvalues"], out["landscape"]
+    print(
+        f"{out['model']}: {a['params']:,} LoRA weights, {out['tokens']} tokens ({out['counted_tokens']} counted), "
+        f"{out['threads']} threads"
+    )
+    print(f"(a) one Hessian-vector product / one gradient ({a['gradient_s']:.3f} s):")
+    o = a["ours"]
+    print(
+        f"    this project: first {o['first_ratio']:.2f}x, further {o['further_ratio']:.2f}x "
+        f"(today's path {o['today_ratio']:.2f}x); graph {o['graph']['mode']}, "
+        f"{o['graph']['retained_bytes'] / 2**20:.1f} MiB kept; agrees with today's to {o['agreement']:.1e}"
+    )
+    for name in ("pyhessian", "curvlinops"):
+        row = a[name]
+        if "skipped" in row:
+            print(f"    {name}: skipped, {row['skipped']}")
+        else:
+            print(
+                f"    {name}: first {row['first_ratio']:.2f}x, further {row['further_ratio']:.2f}x; "
+                f"agrees with this project to {row['agreement']:.1e}"
+            )
+    f, o = b["fixed"], b["ours"]
+    print("(b) top-4 eigenvalues:")
+    print(f"    fixed-step Lanczos (before): {f['s']:.2f} s, {f['products']} products")
+    print(
+        f"    this project: {o['s']:.2f} s, {o['products']} products (converged: {o['converged']}); "
+        f"max |difference| / lambda_1 {o['agreement']:.1e}; time ratio to curvlinops "
+        + (f"{o['s'] / b['curvlinops']['s']:.2f}" if "s" in b.get("curvlinops", {}) else "n/a")
+    )
+    cl = b.get("curvlinops", {})
+    if "skipped" in cl:
+        print(f"    curvlinops: skipped, {cl['skipped']}")
+    else:
+        print(
+            f"    curvlinops + eigsh: {cl['s']:.2f} s, {cl['products']} products; "
+            f"max |difference| / lambda_1 {cl['agreement']:.1e}"
+        )
+    if "pyhessian_power" in b:
+        print(f"    PyHessian power iteration: {b['pyhessian_power']['s']:.2f} s")
+    print(f"(c) one landscape grid point / one forward ({c['forward_s']:.3f} s):")
+    print(f"    this project: {c['ours']['ratio']:.2f}x (directions {c['ours']['directions_s']:.2f} s)")
+    ll = c["loss_landscapes"]
+    if "skipped" in ll:
+        print(f"    loss-landscapes: skipped, {ll['skipped']}")
+    else:
+        print(f"    loss-landscapes: {ll['ratio']:.2f}x (directions {ll['directions_s']:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()
