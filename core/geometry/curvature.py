@@ -453,6 +453,7 @@ class LossHessian:
         self._too_big = [False] * len(terms)
         self._versions: list[int] = []
         self._bytes = [0] * len(terms)
+        self._kept = [False] * len(terms)  # whether each term's graph was ever kept
         self.peak_bytes, self.graph_builds = 0, 0
 
     def _split(self, vec: np.ndarray) -> list[torch.Tensor]:
@@ -504,7 +505,7 @@ class LossHessian:
         if sum(self._bytes) + size > self.budget:
             self._too_big[j] = True
             return grads, False
-        self._graphs[j], self._bytes[j] = grads, size
+        self._graphs[j], self._bytes[j], self._kept[j] = grads, size, True
         self.peak_bytes = max(self.peak_bytes, sum(self._bytes))
         return grads, True
 
@@ -517,8 +518,9 @@ class LossHessian:
 
     def graph_report(self) -> dict:
         """How products were taken: 'reuse' (every term's graph kept), 'partial', 'recompute'
-        (none kept: over budget or budget 0), with the kept graphs' peak bytes and the budget."""
-        kept = sum(not big for big in self._too_big) if self.budget > 0 else 0
+        (none kept: over budget, budget 0 or no product yet), with the kept graphs' peak bytes and
+        the budget."""
+        kept = sum(self._kept)
         mode = "reuse" if kept == len(self.terms) else "recompute" if kept == 0 else "partial"
         return {
             "mode": mode,
