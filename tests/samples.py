@@ -72,7 +72,15 @@ def landscape_result(sets=("harmful", "benign"), models=("base", "finetuned")) -
 
 
 def _part(value: float, ci: tuple[float, float], threshold: float, holds: bool, what: str) -> dict:
-    return {"value": value, "ci_low": ci[0], "ci_high": ci[1], "threshold": threshold, "holds": holds, "what": what}
+    return {
+        "value": value,
+        "ci_low": ci[0],
+        "ci_high": ci[1],
+        "threshold": threshold,
+        "holds": holds,
+        "resolved": True,
+        "what": what,
+    }
 
 
 def _curvature_block(eigenvalues: list[float], trace: float, coupling_share: float) -> dict:

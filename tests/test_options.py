@@ -32,6 +32,7 @@ COMMAND_CONFIGS: dict[str, tuple[type, ...]] = {
     "compare": COMMON,
     "trajectory": (*COMMON, TrajectoryConfig),
     "capability": (*COMMON, CapabilityConfig),
+    "claims": COMMON,
     "methods": (RunFlags,),
 }
 # What a subcommand needs besides its options to parse at all.
