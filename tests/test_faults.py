@@ -34,6 +34,78 @@ def test_a_corrupt_cached_value_is_recomputed_not_raised():
     assert memoize("fault-test", key, lambda: {"answer": 3}) == {"answer": 2}, "and stored again"
 
 
+class _Payload:
+    """Pickles as a call of ``os.system`` (what a crafted cache row carries)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _plant(full_key: str, blob: bytes, mode: int = 4) -> None:
+    """Put raw bytes into a results-store row as diskcache would find them (mode 4: a pickle)."""
+    db = cache_dir() / "results" / "cache.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE Cache SET value = ?, mode = ?, filename = NULL WHERE key = ?", (blob, mode, full_key))
+
+
+def test_a_crafted_pickle_in_the_cache_never_runs_and_is_recomputed(tmp_path):
+    import pickle
+
+    from core.base.cache import stable_hash
+
+    key, marker = {"fault": "crafted"}, tmp_path / "pwned"
+    full_key = f"fault-test:{stable_hash(key)}"
+    assert memoize("fault-test", key, lambda: {"answer": 1}) == {"answer": 1}
+    _plant(full_key, pickle.dumps(_Payload(str(marker))))
+    assert memoize("fault-test", key, lambda: {"answer": 2}) == {"answer": 2}, "treated as damaged: recomputed"
+    assert not marker.exists(), "the crafted row's code ran"
+    quarantined = list((cache_dir() / "quarantine").glob("fault-test-*.damaged"))
+    assert quarantined and b"system" in quarantined[-1].read_bytes(), "kept aside for a look, never read back"
+    assert memoize("fault-test", key, lambda: {"answer": 3}) == {"answer": 2}, "stored again, as JSON"
+    with sqlite3.connect(cache_dir() / "results" / "cache.db") as conn:
+        mode, value = conn.execute("SELECT mode, value FROM Cache WHERE key = ?", (full_key,)).fetchone()
+    assert mode == 1 and bytes(value).startswith(b"SDJ1{"), "the new row is JSON, not a pickle"
+
+
+def test_a_plain_data_pickle_from_before_the_json_store_is_read_and_rewritten():
+    """Rows written by earlier versions (plain dicts, lists, tuples, numbers) stay usable."""
+    import pickle
+
+    from core.base.cache import stable_hash
+
+    key, value = {"fault": "legacy"}, {"r": 0.9, "pairs": [(1, 2.0)], "ok": True}
+    full_key = f"fault-test:{stable_hash(key)}"
+    memoize("fault-test", key, lambda: {"placeholder": 0})
+    _plant(full_key, pickle.dumps(value))
+    assert memoize("fault-test", key, lambda: pytest.fail("a legacy row is recomputed")) == value
+    with sqlite3.connect(cache_dir() / "results" / "cache.db") as conn:
+        (mode,) = conn.execute("SELECT mode FROM Cache WHERE key = ?", (full_key,)).fetchone()
+    assert mode == 1, "rewritten as JSON on first read"
+
+
+def test_a_truncated_cache_value_file_is_recomputed():
+    """A large value lives in a ``.val`` file beside the database; cut it short."""
+    import numpy as np
+
+    from core.base.cache import stable_hash
+
+    key = {"fault": "val-file"}
+    big = {"grid": np.arange(20_000, dtype=np.float64)}
+    memoize("fault-test", key, lambda: big)
+    with sqlite3.connect(cache_dir() / "results" / "cache.db") as conn:
+        (filename,) = conn.execute(
+            "SELECT filename FROM Cache WHERE key = ?", (f"fault-test:{stable_hash(key)}",)
+        ).fetchone()
+    assert filename, "stored as a file"
+    val = cache_dir() / "results" / filename
+    val.write_bytes(val.read_bytes()[: val.stat().st_size // 2])
+    again = memoize("fault-test", key, lambda: {"grid": np.zeros(3)})
+    assert again["grid"].tolist() == [0.0, 0.0, 0.0], "recomputed, not a half value"
+
+
 def test_a_damaged_results_database_is_moved_aside_and_rebuilt():
     with results_store() as store:
         store["x"] = 1

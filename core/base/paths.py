@@ -18,7 +18,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 def cache_dir() -> Path:
     """The on-disk cache root (``cache/`` in the project, or ``$SAFETY_CACHE_DIR``)."""
     root = Path(os.environ.get("SAFETY_CACHE_DIR", PROJECT_ROOT / "cache"))
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)  # private: the results store holds pickles
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)  # private: models, runs and job states of this user
     return root
 
 

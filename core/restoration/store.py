@@ -61,4 +61,4 @@ def list_runs() -> list[dict]:
 def trajectory(record: dict) -> np.ndarray | None:
     """The parameter snapshots (steps x P) a run stored, if any."""
     path = runs_dir() / record["id"] / "restored" / "trajectory.npy"
-    return np.load(path) if path.exists() else None
+    return np.load(path, allow_pickle=False) if path.exists() else None

@@ -14,6 +14,7 @@ entries. A Hub id, a path that does not exist, a custom judge (whose code may ch
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -130,5 +131,5 @@ def lookup(key: str | None) -> dict[str, Any] | None:
 
 def store(key: str | None, answer: dict[str, Any]) -> None:
     if key is not None:
-        with results_store() as s:
+        with results_store() as s, contextlib.suppress(TypeError):  # not JSON: answered, not cached
             s[key] = answer

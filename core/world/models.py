@@ -19,7 +19,7 @@ from peft import PeftModel
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from core.base.cache import atomic_dir, results_store, stable_hash
+from core.base.cache import atomic_dir, results_store, stable_hash, stored
 from core.base.errors import InputError
 from core.base.paths import cache_dir
 
@@ -111,8 +111,9 @@ def file_digest(path: Path) -> str:
     st = path.stat()
     key = f"file-digest:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
     with results_store() as store:
-        if key in store:
-            return store[key]
+        known = stored(store, key)
+    if isinstance(known, str):
+        return known
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
