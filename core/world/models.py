@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -22,6 +22,15 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from core.base.cache import atomic_dir, results_store, stable_hash, stored
 from core.base.errors import InputError
 from core.base.paths import cache_dir
+from core.world.hub import hub_identity, hub_snapshot, looks_like_hub_id
+from core.world.placement import (
+    check_device_map,
+    dispatch_kwargs,
+    model_offloaded,
+    offloaded,
+    planned_map,
+    wants_dispatch,
+)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 FINGERPRINT_FILES = ("chat_template.jinja", "tokenizer.json", "tokenizer.model", "generation_config.json")
@@ -33,16 +42,23 @@ ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What to load. ``finetuned`` is a PEFT adapter dir (on ``base``) or a full checkpoint dir."""
+    """What to load. ``base`` is a hub id, directory or .gguf file; ``finetuned`` a PEFT adapter (on
+    ``base``) or a full checkpoint, as a directory or hub id. ``revision``/``finetuned_revision`` pick a
+    hub branch, tag or commit; ``device_map`` "auto" places the model with accelerate (within
+    ``max_memory``, e.g. "0=20GiB,cpu=60GiB"), offloading what does not fit."""
 
     base: str
     finetuned: str | None = None
     device: str = "auto"
     dtype: str = "auto"
     trust_remote_code: bool = False
+    revision: str | None = None
+    finetuned_revision: str | None = None
+    device_map: str = "none"
+    max_memory: str | None = None
 
     def base_only(self) -> "ModelSpec":
-        return ModelSpec(self.base, None, self.device, self.dtype, self.trust_remote_code)
+        return replace(self, finetuned=None, finetuned_revision=None)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -133,10 +149,6 @@ def dir_fingerprint(path: Path) -> str:
     return stable_hash(parts)
 
 
-def _is_hub_id(name: str) -> bool:
-    return not Path(name).exists() and name.count("/") == 1 and not name.startswith((".", "/", "~"))
-
-
 def _check_dir(path: Path, what: str) -> None:
     if not path.exists():
         raise InputError(
@@ -166,15 +178,16 @@ def gguf_to_safetensors(gguf_path: Path) -> Path:
     return target
 
 
-def resolve_base(base: str) -> str:
-    """A loadable location for ``base``: GGUF files become cached safetensors directories."""
+def resolve_base(base: str, revision: str | None = None, trust_remote_code: bool = False) -> str:
+    """A loadable location for ``base``: GGUF files become cached safetensors directories, hub ids
+    their snapshot folder in the HF cache (at ``revision``)."""
     path = Path(base).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise InputError(f"GGUF file '{base}' does not exist.", "pass the path of an existing .gguf file.")
         return str(gguf_to_safetensors(path))
-    if _is_hub_id(base):
-        return base
+    if looks_like_hub_id(base):
+        return str(hub_snapshot(base, revision, trust_remote_code))
     _check_dir(path, "Base model")
     if not (path / "config.json").exists():
         raise InputError(
@@ -184,13 +197,32 @@ def resolve_base(base: str) -> str:
     return str(path)
 
 
+def finetuned_path(spec: ModelSpec) -> Path | None:
+    """The fine-tuned model's local directory: the path given, or a hub id's snapshot folder."""
+    if not spec.finetuned:
+        return None
+    if looks_like_hub_id(spec.finetuned):
+        return hub_snapshot(spec.finetuned, spec.finetuned_revision, spec.trust_remote_code)
+    return Path(spec.finetuned).expanduser()
+
+
+def _base_of(spec: ModelSpec) -> str:
+    return resolve_base(spec.base, spec.revision, spec.trust_remote_code)
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """A hub snapshot is named by its repository and commit; any other directory by its content."""
+    return hub_identity(path) or dir_fingerprint(Path(path))
+
+
 def fingerprint(spec: ModelSpec) -> str:
     """Stable content fingerprint of the model ``spec`` describes (weights, not paths) and of the
     precision it runs in (device kind and dtype: bf16 answers differ from fp32 ones; the thread
     count does not enter)."""
-    base = resolve_base(spec.base)
-    base_fp = dir_fingerprint(Path(base)) if Path(base).is_dir() else f"hub:{base}"
-    ft_fp = dir_fingerprint(Path(spec.finetuned)) if spec.finetuned else None
+    base = _base_of(spec)
+    base_fp = model_fingerprint(base) if Path(base).is_dir() else f"hub:{base}"
+    ft = finetuned_path(spec)
+    ft_fp = model_fingerprint(ft) if ft is not None else None
     device = resolve_device(spec.device)
     precision = f"{device.type}/{str(resolve_dtype(spec.dtype, device)).removeprefix('torch.')}"
     if precision == "cpu/float32":  # the original key: answers computed before precision was keyed stay valid
@@ -200,9 +232,10 @@ def fingerprint(spec: ModelSpec) -> str:
 
 def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     """Tokenizer of the base (or of a full fine-tuned checkpoint), left-padded, with a chat template."""
-    source = resolve_base(spec.base)
-    if spec.finetuned and (Path(spec.finetuned) / "tokenizer_config.json").exists():
-        source = spec.finetuned
+    source = _base_of(spec)
+    ft = finetuned_path(spec)
+    if ft is not None and (ft / "tokenizer_config.json").exists():
+        source = str(ft)
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
     except (OSError, ValueError) as err:
@@ -260,15 +293,23 @@ def check_adapter_matches(base_model: PreTrainedModel, adapter_dir: Path) -> Non
 
 
 def load_model(spec: ModelSpec, merge: bool = False) -> PreTrainedModel:
-    """Load the model ``spec`` describes in eval mode; LoRA adapters stay unmerged unless ``merge``."""
+    """Load the model ``spec`` describes in eval mode; LoRA adapters stay unmerged unless ``merge``.
+    With ``device_map`` "auto", or weights larger than the accelerator's free memory, accelerate
+    places it (``hf_device_map``) instead of one ``.to(device)``."""
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
-    base = resolve_base(spec.base)
+    base = _base_of(spec)
     kwargs = dict(dtype=dtype, trust_remote_code=spec.trust_remote_code)
-    ft = Path(spec.finetuned).expanduser() if spec.finetuned else None
+    ft = finetuned_path(spec)
     if ft is not None:
         _check_dir(ft, "Fine-tuned model")
-    if ft is not None and (ft / "config.json").exists() and not (ft / "adapter_config.json").exists():
+    full_checkpoint = ft is not None and (ft / "config.json").exists() and not (ft / "adapter_config.json").exists()
+    weights_dir = ft if full_checkpoint else base
+    dispatch = wants_dispatch(spec.device_map, weights_dir, dtype, device)
+    if dispatch:
+        offload = cache_dir() / "offload" / stable_hash(str(weights_dir), str(dtype))[:16]
+        kwargs.update(dispatch_kwargs(spec.max_memory, offload))
+    if full_checkpoint:
         base_cfg = AutoConfig.from_pretrained(base, trust_remote_code=spec.trust_remote_code)
         ft_cfg = AutoConfig.from_pretrained(ft, trust_remote_code=spec.trust_remote_code)
         if _arch(base_cfg) != _arch(ft_cfg):
@@ -288,10 +329,16 @@ def load_model(spec: ModelSpec, merge: bool = False) -> PreTrainedModel:
             ) from None
         if ft is not None:
             check_adapter_matches(model, ft)
+            if "disk" in {str(v) for v in (getattr(model, "hf_device_map", None) or {}).values()}:
+                raise InputError(
+                    f"Adapter '{spec.finetuned}' cannot be put on a base offloaded to disk (peft cannot load onto it).",
+                    "give --max-memory room for the base in memory, or merge the adapter into a full checkpoint.",
+                )
             model = PeftModel.from_pretrained(model, str(ft))
-            if merge:
+            if merge and not model_offloaded(model):  # merging into offloaded weights is impossible
                 model = model.merge_and_unload()
-    model.to(device)
+    if not dispatch:
+        model.to(device)
     model.eval()
     return model
 
@@ -301,13 +348,28 @@ def validate(spec: ModelSpec) -> None:
 
     Run before long jobs so a bad second model fails in seconds, not after the first is evaluated.
     """
+    check_device_map(spec.device_map, spec.max_memory)
     load_tokenizer(spec)
-    ft = Path(spec.finetuned).expanduser() if spec.finetuned else None
+    ft = finetuned_path(spec)
     if ft is None:
         return
     _check_dir(ft, "Fine-tuned model")
     if (ft / "adapter_config.json").exists():
-        config = AutoConfig.from_pretrained(resolve_base(spec.base), trust_remote_code=spec.trust_remote_code)
+        config = AutoConfig.from_pretrained(_base_of(spec), trust_remote_code=spec.trust_remote_code)
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code)
         check_adapter_matches(skeleton, ft)
+
+
+def planned_offload(spec: ModelSpec) -> list[str]:
+    """Modules that loading ``spec`` would offload (to disk, or to the CPU beside a GPU), computed
+    on a meta skeleton without reading weights; empty when the model loads whole."""
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    ft = finetuned_path(spec)
+    full = ft is not None and (ft / "config.json").exists() and not (ft / "adapter_config.json").exists()
+    source = ft if full else _base_of(spec)
+    if not wants_dispatch(spec.device_map, source, dtype, device):
+        return []
+    config = AutoConfig.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
+    return offloaded(planned_map(config, dtype, spec.max_memory, spec.trust_remote_code))
