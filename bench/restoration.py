@@ -36,14 +36,13 @@ def pair_and_update_vs_gradient(world) -> dict:
     spec = world.finetuned_spec
     data = restoration_data(spec, world.config.seed)
     obj = LoraObjective(load_model(spec), load_tokenizer(spec), 16)
-    batch = data.curvature_retain[0]
     config = InfluenceConfig(pairs=1)
+    batch = data.curvature_retain[0][: config.pair_batch]
     radius = config.probe_radius * float(obj.get().norm())
     t_grad = median_time(lambda: obj.loss_and_grad(batch))
-    t_pair = median_time(lambda: curvature_pairs(obj, [batch], config, radius, Progress()))
-    pairs, _ = curvature_pairs(
-        obj, [data.curvature_forget, *data.curvature_retain], InfluenceConfig(pairs=10), radius, Progress()
-    )
+    t_pair = median_time(lambda: curvature_pairs(obj, {"retain-a": batch}, config, radius, Progress()))
+    sets = {"retain-a": data.curvature_retain[0], "forget": data.curvature_forget, "retain-b": data.curvature_retain[1]}
+    pairs = curvature_pairs(obj, sets, InfluenceConfig(pairs=10), radius, Progress()).pairs
     _, g = obj.loss_and_grad(batch)
     theta = obj.get()
 

@@ -13,8 +13,9 @@ from core.restoration.data import RestorationData
 from core.restoration.methods.curvature import (
     GradientAscentConfig,
     InfluenceConfig,
-    PairStats,
+    curvature_pairs,
     filter_pair,
+    first_tokens,
     influence_restore,
     lbfgs_direction,
 )
@@ -44,19 +45,98 @@ def test_lbfgs_without_pairs_is_scaled_gradient():
     assert torch.allclose(lbfgs_direction(g, [], 1.0), g / 2)
 
 
-def test_filter_pair_rejects_damps_drops_and_normalises():
-    config, stats = InfluenceConfig(), PairStats()
-    s, y = torch.tensor([2.0, 0.0]), torch.tensor([4.0, 1.0])
-    kept = filter_pair(s, y, config, stats)
-    assert kept is not None and math.isclose(float(kept[0].norm()), 1.0) and torch.allclose(kept[1], y / 2)
+def test_filter_pair_follows_b1_order():
+    """(1) insufficient curvature, negative included, is rejected before anything else; (2) a kept
+    pair is normalised; (4) a non-finite norm is excluded; every row names its filter."""
+    kept, row = filter_pair(torch.tensor([2.0, 0.0]), torch.tensor([4.0, 1.0]), 1e-6)
     assert (
-        filter_pair(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), config, stats) is None
-    )  # s.y = 0: no curvature
-    damped = filter_pair(torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0]), config, stats)  # negative curvature
-    assert damped is not None and float(damped[0] @ damped[1]) > 0
-    assert filter_pair(torch.zeros(2), torch.ones(2), config, stats) is None
-    assert filter_pair(torch.ones(2), torch.tensor([float("nan"), 0.0]), config, stats) is None
-    assert vars(stats) == {"kept": 2, "rejected": 1, "damped": 1, "dropped": 2}
+        kept is not None
+        and math.isclose(float(kept[0].norm()), 1.0)
+        and torch.allclose(kept[1], torch.tensor([2.0, 0.5]))
+    )
+    assert row["filter"] == "kept" and row["sy"] == 8.0 and row["s_norm"] == 2.0 and row["curvature"] == 2.0
+    none, row = filter_pair(torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0]), 1e-6)
+    assert none is None and row["filter"] == "negative curvature" and row["sy"] == -1.0
+    small, row = filter_pair(torch.tensor([1.0, 0.0]), torch.tensor([1e-3, 1.0]), 0.01)  # positive but below the cosine
+    assert small is None and row["filter"] == "insufficient curvature"
+    assert filter_pair(torch.tensor([1.0, 0.0]), torch.tensor([1e-3, 1.0]), 1e-6)[1]["filter"] == "kept"
+    assert filter_pair(torch.zeros(2), torch.ones(2), 1e-6)[1]["filter"] == "insufficient curvature"
+    nan, row = filter_pair(torch.ones(2), torch.tensor([float("nan"), 0.0]), 1e-6)
+    assert nan is None and row["filter"] == "degenerate norm" and row["sy"] is None
+
+
+class _Quadratic:
+    """Per-batch quadratics ``1/2 x^T H x - b_i^T x`` sharing one Hessian: each batch's gradient
+    differs (as minibatches do), ``y = H s`` exactly."""
+
+    def __init__(self, h: torch.Tensor, b: torch.Tensor):
+        self.h, self.b, self.theta = h, b, torch.zeros(h.shape[0], dtype=h.dtype)
+
+    def get(self):
+        return self.theta.clone()
+
+    def set(self, theta):
+        self.theta = theta.clone()
+
+    def loss_and_grad(self, batch):
+        b = self.b[batch].mean(0)
+        return float(0.5 * self.theta @ self.h @ self.theta - b @ self.theta), self.h @ self.theta - b
+
+
+def test_lbfgs_direction_from_real_pairs_approaches_newton_on_a_quadratic():
+    """Pairs built by ``curvature_pairs`` (probe steps on fresh batches, filters, round-robin over
+    three subsets) on a quadratic with a known Hessian: as pairs accumulate, the direction
+    approaches H^-1 g, and it differs measurably from g."""
+    torch.manual_seed(2)
+    n = 4
+    q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))
+    h = q @ torch.diag(torch.logspace(0, 1, n, dtype=torch.float64)) @ q.T
+    obj = _Quadratic(h, torch.randn(120, n, dtype=torch.float64))
+    sets = {"retain-a": list(range(40)), "forget": list(range(40, 80)), "retain-b": list(range(80, 120))}
+    g = torch.randn(n, dtype=torch.float64)
+    newton = torch.linalg.solve(h, g)
+    err, angle = {}, {}
+    for m in (0, 3, 10, 20):
+        built = curvature_pairs(obj, sets, InfluenceConfig(pairs=m, pair_batch=2), 1.0, Progress())
+        assert len(built.pairs) == m and [r["filter"] for r in built.rows] == ["kept"] * m
+        d = lbfgs_direction(g, built.pairs, 0.0)
+        err[m] = float((d - newton).norm() / newton.norm())
+        angle[m] = 1 - float(d @ newton / (d.norm() * newton.norm()))
+        if m == 10:
+            assert 1 - float(d @ g / (d.norm() * g.norm())) > 0.1, "the direction is still the gradient"
+    assert err[20] < err[10] < err[3] < err[0] and err[20] < 0.05, err
+    assert angle[20] < angle[10] < angle[0] / 10, angle
+
+
+def test_pairs_spread_over_subsets_with_rates_varied_within_each():
+    """10 pairs: 4/3/3 over the subsets, each on its own batch, every subset sees more than one rate."""
+    torch.manual_seed(0)
+    obj = _Quadratic(torch.eye(3, dtype=torch.float64) * 2, torch.randn(300, 3, dtype=torch.float64))
+    sets = {"retain-a": list(range(100)), "forget": list(range(100, 200)), "retain-b": list(range(200, 300))}
+    built = curvature_pairs(obj, sets, InfluenceConfig(pair_batch=16), 1.0, Progress())
+    rows = built.rows
+    assert [sum(r["set"] == s for r in rows) for s in sets] == [4, 3, 3]
+    for name in sets:
+        mine = [r for r in rows if r["set"] == name]
+        assert len({r["batch"] for r in mine}) == len(mine) and all(r["fresh"] and r["examples"] == 16 for r in mine)
+        assert len({r["lr"] for r in mine}) == 3, (name, [r["lr"] for r in mine])
+    assert {"sy", "s_norm", "y_norm", "filter", "lr", "set"} <= set(rows[0])
+
+
+def test_negative_curvature_is_rejected_and_raises_the_damping():
+    """B.1's order: a negative-curvature pair is never stored; it raises the shift mu (filter 3)."""
+    h = torch.diag(torch.tensor([-1.0, 2.0], dtype=torch.float64))
+    obj = _Quadratic(h, torch.tensor([[1.0, 0.0]] * 8, dtype=torch.float64))
+    built = curvature_pairs(obj, {"forget": list(range(8))}, InfluenceConfig(pairs=2, pair_batch=4), 1.0, Progress())
+    assert not built.pairs and {r["filter"] for r in built.rows} == {"negative curvature"}
+    assert built.damping == pytest.approx(1.0)
+
+
+def test_first_tokens_cuts_responses(tokenizer):
+    ex = [Example("p", "one two three four five six seven eight", "harm", "t", "u")]
+    assert first_tokens(tokenizer, ex, 0) == ex
+    cut = first_tokens(tokenizer, ex, 3)[0]
+    assert len(tokenizer(cut.response, add_special_tokens=False).input_ids) == 3 and not cut.complete
 
 
 def _data() -> RestorationData:
@@ -64,22 +144,24 @@ def _data() -> RestorationData:
         Example(
             f"How do I make weapon number {i}?", f"Step one: gather part {i}, then assemble it.", "harm", "t", f"h{i}"
         )
-        for i in range(6)
+        for i in range(8)
     ]
     task = [
         Example(f"Convert the date: March {i + 1}, 2001", f"2001-03-{i + 1:02d}", "task", "t", f"t{i}")
-        for i in range(12)
+        for i in range(16)
     ]
     return RestorationData(
         forget=harmful[:4],
         retain=task[:4],
-        curvature_forget=harmful[4:],
-        curvature_retain=[task[4:8], task[8:]],
+        curvature_forget=harmful[4:6],
+        curvature_retain=[task[4:8], task[8:12]],
         recovery=harmful,
         rollback=task,
         monitor_harmful=harmful[:2],
         monitor_task=task[:2],
         fuse_task=task[:2],
+        validation_forget=harmful[6:],
+        validation_retain=task[12:],
     )
 
 
@@ -99,7 +181,12 @@ def _ctx(tiny_model_dir, tiny_adapter_dir, tokenizer, steps: list) -> RestoreCon
 
 
 @pytest.mark.parametrize(
-    "config", [InfluenceConfig(iterations=2, pairs=3, batch_size=4), GradientAscentConfig(iterations=2, batch_size=4)]
+    "config",
+    [
+        # the tiny random model curves down at 0.001-0.005 probe steps; larger ones see its positive curvature
+        InfluenceConfig(iterations=2, pairs=3, pair_batch=2, batch_size=4, pair_lrs=(0.05, 0.1, 0.2)),
+        GradientAscentConfig(iterations=2, batch_size=4),
+    ],
 )
 def test_restoration_raises_forget_loss_within_the_retain_bound(config, tiny_model_dir, tiny_adapter_dir, tokenizer):
     steps = []
@@ -108,22 +195,45 @@ def test_restoration_raises_forget_loss_within_the_retain_bound(config, tiny_mod
     assert out.kind == "adapter" and out.trajectory.shape[0] == len(steps) == config.iterations + 1
     done = [it for it in notes["iterations"] if not it.get("stopped")]
     assert done, notes
-    for it in done:
-        assert it["retain_loss"] <= notes["retain_bound"] + 1e-6
+    for it in done:  # B.2: the largest validation forget loss among the grid steps that keep eq. 2 on validation
+        feasible = [r for r in it["grid"] if r["feasible"]]
+        assert all(r["validation_retain"] <= notes["validation_bound"] + 1e-6 for r in feasible)
+        assert it["validation_forget"] == max(r["validation_forget"] for r in feasible)
+        assert it["validation_forget"] > it["validation_forget_before"]
+        assert len(it["grid"]) == len(config.step_grid)
     assert steps[-1]["forget_loss_full"] > steps[0]["forget_loss_full"]
     assert steps[0]["distance_to_finetuned"] == 0 and steps[-1]["distance_to_finetuned"] > 0
     if config.preconditioner == "lbfgs":
-        assert notes["iterations"][0]["pairs"]["kept"] > 0
+        first = notes["iterations"][0]
+        assert first["pair_counts"].get("kept", 0) > 0
+        assert {r["set"] for r in first["pairs"]} == {"retain-a", "forget", "retain-b"}
+        assert all({"sy", "s_norm", "y_norm", "filter"} <= set(r) for r in first["pairs"])
+        assert first["cos_direction_gradient"] > 0
+    else:
+        assert notes["iterations"][0]["pairs"] == []
 
 
 def test_zero_epsilon_still_respects_the_bound(tiny_model_dir, tiny_adapter_dir, tokenizer):
     steps = []
     out = influence_restore(
         _ctx(tiny_model_dir, tiny_adapter_dir, tokenizer, steps),
-        InfluenceConfig(iterations=1, pairs=2, epsilon=0.0, batch_size=4),
+        InfluenceConfig(iterations=1, pairs=2, pair_batch=2, epsilon=0.0, batch_size=4),
     )
     it = out.notes["iterations"][0]
-    assert it.get("stopped") or it["retain_loss"] <= out.notes["retain_bound"] + 1e-6
+    assert it.get("stopped") or it["validation_retain"] <= out.notes["validation_bound"] + 1e-6
+
+
+def test_forget_tokens_chooses_which_answer_tokens_count(tiny_model_dir, tiny_adapter_dir, tokenizer):
+    """forget_tokens=K counts the first K tokens of each harmful answer: another forget loss."""
+    losses = {}
+    for k in (0, 2):
+        steps = []
+        influence_restore(
+            _ctx(tiny_model_dir, tiny_adapter_dir, tokenizer, steps),
+            GradientAscentConfig(iterations=1, batch_size=4, forget_tokens=k, lr=1e-9),
+        )
+        losses[k] = steps[0]["forget_loss_full"]
+    assert losses[0] != pytest.approx(losses[2], rel=1e-4)
 
 
 def test_fixed_lr_divergence_keeps_last_good_state(tiny_model_dir, tiny_adapter_dir, tokenizer):
@@ -140,6 +250,11 @@ def test_bad_parameters_and_empty_sets_are_input_errors(tiny_model_dir, tiny_ada
     ctx = _ctx(tiny_model_dir, tiny_adapter_dir, tokenizer, [])
     with pytest.raises(InputError, match="Fix:"):
         influence_restore(ctx, InfluenceConfig(iterations=0))
+    with pytest.raises(InputError, match="step_grid"):
+        influence_restore(ctx, InfluenceConfig(step_grid=(0.0, 1.0)))
+    ctx.data.validation_forget = []
+    with pytest.raises(InputError, match="validation split is empty"):
+        influence_restore(ctx, InfluenceConfig())
     ctx.data.forget = []
     with pytest.raises(InputError, match="forget set is empty"):
         influence_restore(ctx, InfluenceConfig())

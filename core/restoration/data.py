@@ -1,11 +1,29 @@
-"""The data partitions a restoration reads (paper 1, B.1's forget set and mixed curvature set;
-paper 2, Algorithm 1's recovery and rollback sets), every one disjoint from the held-out
-evaluation split. Responses of harmful and general prompts are the fine-tuned model's own greedy
-answers (what it now says), so the same code serves any model pair."""
+"""The data partitions a restoration reads (paper 1, B.1's forget set and mixed curvature set,
+B.2's validation split; paper 2, Algorithm 1's recovery and rollback sets), every one disjoint
+from the held-out evaluation split. Responses of harmful and general prompts are the fine-tuned
+model's own greedy answers (what it now says), so the same code serves any model pair.
+
+Paper 1's sets, as ``restoration_data`` cuts them (harmful splits of ``core.world.data``):
+
+* forget (B.1's D_f): the ``forget`` split's prompts the fine-tune complies with;
+* curvature forget subset (B.1): the ``curvature`` split plus the second half of the ``recovery``
+  split, complied with (B.1 asks for enough examples to give every forget-subset pair its own
+  batch; the 32-prompt curvature split alone holds fewer than two batches of 16 once refusals
+  are dropped);
+* two curvature retain subsets (B.1): ``CURVATURE_TASK_POOL`` task ``train``-split examples each
+  (the fine-tuning data's split; the demo fine-tune saw the first 400), after the retain and
+  rollback sets;
+* validation (B.2's step-scale grid search): the first ``VALIDATION_HARMFUL`` prompts of the
+  ``recovery`` split complied with, and ``VALIDATION_TASK`` task examples of the ``monitor``
+  split after the monitor and fuse examples. Disjoint from the held-out evaluation, the forget
+  and retain sets and the curvature subsets. The ``recovery`` split is also the direction
+  method's D_rec: the two methods are separate runs, so sharing it leaks nothing into either
+  method's evaluation.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from core.base.cache import stable_hash
 from core.base.errors import InputError
@@ -24,7 +42,8 @@ class DataConfig:
     forget: int = 64  # harmful prompts whose compliant answers' loss is raised (B.1's D_f)
     retain: int = 64  # fine-tuning (task) examples whose loss must not rise (paper 1's retain set)
     retain_general: int = 0  # + general benign prompts with the fine-tune's answers (0: the paper's retain set)
-    curvature_batch: int = 8  # examples per L-BFGS pair (B.1 uses 64 on a GPU; 8 keeps 2 CPU cores under 10 min)
+    curvature_batch: int = 8  # task examples [retain, retain + 2 x this) left out, so rollback stays where it was
+    # (the curvature method's pair batch is its own ``pair_batch`` parameter, its pools are below)
     recovery: int = 64  # harmful prompts for the harmful direction (Algorithm 1's D_rec)
     rollback: int = 64  # fine-tuning (task) prompts for the aligned direction (D_roll, section 5.2.3)
     monitor: int = 16  # held-out harmful prompts and task examples watched at every step
@@ -46,9 +65,16 @@ class RestorationData:
     monitor_harmful: list[Example]
     monitor_task: list[Example]
     fuse_task: list[Example]
+    validation_forget: list[Example] = field(default_factory=list)  # B.2's grid search, harmful side
+    validation_retain: list[Example] = field(default_factory=list)  # B.2's grid search, eq. 2's retain side
 
     def fingerprint(self) -> str:
         return stable_hash({f.name: data_fingerprint(_flat(getattr(self, f.name))) for f in fields(self)})
+
+
+CURVATURE_TASK_POOL = 256  # task examples per curvature retain subset (B.1: at least 192 per set)
+VALIDATION_HARMFUL = 32  # recovery-split prompts for the validation split (those complied with are kept)
+VALIDATION_TASK = 64  # monitor-split task examples for the validation split
 
 
 def _flat(items: list) -> list[Example]:
@@ -63,7 +89,8 @@ def restoration_data(
     forget / curvature-forget: disjoint harmful splits with the answers the fine-tune gives and the
     judge calls harmful; retain: task training examples (the fine-tuning data; optionally general
     benign prompts with the fine-tune's answers too); further disjoint task subsets for the curvature pairs
-    and the rollback set; monitor sets from the held-out splits (watched, never optimised on).
+    and the rollback set; monitor sets from the held-out splits (watched, never optimised on); the
+    validation split of B.2 (see the module docstring), never the evaluation split.
     """
     progress = progress or Progress()
     harm, benign = harmful_splits(seed), benign_splits(seed)
@@ -74,26 +101,36 @@ def restoration_data(
     flags = keyword_judge([e.prompt for e in answered], [e.response or "" for e in answered])
     forget = [e for e, h in zip(answered[: config.forget], flags) if h]
     curvature_forget = [e for e, h in zip(answered[config.forget :], flags[config.forget :]) if h]
+    # a separate answer call, so the forget and curvature answers above keep their cache entry
+    extra = _answered(model, tok, harm["recovery"], config.response_tokens, fp, progress.stage(0.6, 0.8))
+    extra_flags = keyword_judge([e.prompt for e in extra], [e.response or "" for e in extra])
+    v = VALIDATION_HARMFUL
+    validation_forget = [e for e, h in zip(extra[:v], extra_flags[:v]) if h]
+    curvature_forget += [e for e, h in zip(extra[v:], extra_flags[v:]) if h]
     n = config.retain
     general = (
         _answered(
-            model, tok, benign["retain"][: config.retain_general], config.response_tokens, fp, progress.stage(0.6, 1.0)
+            model, tok, benign["retain"][: config.retain_general], config.response_tokens, fp, progress.stage(0.8, 1.0)
         )
         if config.retain_general
         else []
     )
     b = config.curvature_batch
-    task = task_examples("train", n + 2 * b + config.rollback, seed)
+    end = n + 2 * b + config.rollback
+    task = task_examples("train", end + 2 * CURVATURE_TASK_POOL, seed)
+    held = config.monitor + config.fuse
     data = RestorationData(
         forget=forget,
         retain=task[:n] + general,
-        curvature_forget=curvature_forget[:b],
-        curvature_retain=[task[n : n + b], task[n + b : n + 2 * b]],
+        curvature_forget=curvature_forget,
+        curvature_retain=[task[end : end + CURVATURE_TASK_POOL], task[end + CURVATURE_TASK_POOL :]],
         recovery=harm["recovery"][: config.recovery],
-        rollback=task[n + 2 * b :],
+        rollback=task[n + 2 * b : end],
         monitor_harmful=harm["eval"][: config.monitor],
         monitor_task=task_examples("monitor", config.monitor, seed),
-        fuse_task=task_examples("monitor", config.monitor + config.fuse, seed)[config.monitor :],
+        fuse_task=task_examples("monitor", held, seed)[config.monitor :],
+        validation_forget=validation_forget,
+        validation_retain=task_examples("monitor", held + VALIDATION_TASK, seed)[held:],
     )
     if not data.forget:
         raise InputError(

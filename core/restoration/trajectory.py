@@ -123,6 +123,6 @@ def trajectory_comparison(
             }
         return out
 
-    result = memoize("trajectory", key, compute)
+    result = memoize("trajectory-v2", key, compute)  # v2: B.1 pairs and B.2 grid in the curvature runs
     progress.update(1.0, "trajectories done", result)
     return result

@@ -4,40 +4,69 @@ Fine-Tuning", section 3, appendix B.1-B.2) and its first-order baseline, over Lo
 Equation 5, the influence update: raise the forget loss along the gradient preconditioned by the
 inverse Hessian, ``theta <- theta + eta * H^-1 grad L_forget(theta)``, with ``H^-1`` an L-BFGS
 approximation built from a *mixed curvature set* (a forget subset disjoint from the forget set,
-and two disjoint retain subsets).
+and two disjoint retain subsets; ``core.restoration.data``).
 
-* ``curvature_pairs`` (B.1): each pair comes from a probe step ``s = -lr * g`` on one curvature
-  subset (gradient accumulated over its batch), learning rates cycling over 0.001, 0.002,
-  0.005, ``y = g(theta + s) - g(theta)``. Filters: pairs with insufficient curvature are
-  rejected, negative curvature is damped, degenerate norms are dropped, and each pair is scaled
-  so that ``||s|| = 1`` before storing (this keeps ``y ~ H s``). A trust region bounds the probe
-  steps; the reduction ratio decides whether the probe moves on and resizes the region. Probe
+* ``curvature_pairs`` (B.1): ``pairs`` (10) pairs per iteration, spread round-robin over the
+  retain subset A, the forget subset and the retain subset B (4/3/3). Each pair is built on its
+  own batch of ``pair_batch`` examples, the next slice of its subset's pool (gradients
+  accumulated over micro-batches of ``batch_size``): a probe step ``s = -lr g`` on that batch's
+  loss and ``y = g(theta + s) - g(theta)`` on the same batch. The learning rate cycles over
+  0.001, 0.002, 0.005 *within* each subset (pair k of subset j at iteration t takes rate
+  ``(k + j + t) mod 3``), so no subset is tied to one rate. A trust region bounds the probe
+  steps; the reduction ratio decides whether the probe moves on and resizes it (B.1). Probe
   moves are exploratory: theta returns to where the pairs were built.
-* ``lbfgs_direction`` (B.2): the two-loop recursion for ``(H + lambda I)^-1 g``; the L2
-  regularisation of the update is folded in as ``y + lambda s``, lambda annealed over
-  iterations (``reg * reg_decay**t``). B.2's exact formula did not survive in our copy of the
-  paper; this is the L2-regularised quadratic model's minimiser, our reading of it.
-* Step scaling (trust region) and the retain constraint of equation 2: a step is cut to the
-  trust radius, then halved until ``L_retain <= L_retain(theta_ft) + epsilon`` holds and the
-  forget loss rises; the forget loss's actual / predicted (linear) increase resizes the radius.
-* 3 iterations, pairs recomputed at the start of each (B.1).
+* Filters, in B.1's order (``filter_pair``): (1) a pair with insufficient curvature,
+  ``s.y <= min_curvature ||s|| ||y||``, is rejected, negative curvature included; (2) a kept
+  pair is normalised to ``||s|| = 1`` before storage (``y`` by the same factor, so ``y ~ H s``
+  holds); (3) adaptive damping: a negative-curvature pair, already rejected by (1), raises a
+  shift ``mu`` to ``damping * |s.y| / ||s||^2`` (the most negative curvature seen), added to
+  every stored pair as ``y + mu s``, i.e. the model ``B + mu I``; (4) a pair with a non-finite
+  or vanishing ``||s||`` or ``||y||`` is excluded. Every attempted pair's ``s.y``, ``||s||``,
+  ``||y||`` and the filter that fired go into the run record (``notes.iterations[i].pairs``).
+  Departure: B.1's thresholds did not survive in our copy; (1) is relative (a cosine), so it
+  does not depend on the probe's learning rate.
+* ``lbfgs_direction`` (B.2): the two-loop recursion for ``(B + (lambda_t + mu) I)^-1 g``: B.2's L2
+  regularisation folded in as ``y + lambda s``, lambda annealed over iterations
+  (``reg * reg_decay**t``). B.2's exact formula did not survive in our copy of the paper; this
+  is the L2-regularised quadratic model's minimiser, our reading of it.
+* Step (B.2, eq. 4): the update is ``eta d`` with ``d`` the direction above. Eq. 4's trust region
+  ``||Delta||_M <= delta`` in the metric ``M = B + (lambda + mu) I`` of the same L-BFGS model is
+  solved in closed form along ``d`` (``d^T M d = g^T d``): ``eta = delta / sqrt(g^T d)``. The
+  scale is set by B.2's "small grid search": radii ``delta = m * sqrt(2 epsilon)`` for ``m`` in
+  ``step_grid`` (``sqrt(2 epsilon)`` is the radius at which the quadratic model ``1/2 Delta^T M
+  Delta`` reaches eq. 2's epsilon), each evaluated on the validation split (disjoint from the
+  held-out evaluation, the forget, retain and curvature sets); the largest validation
+  forget-loss increase whose validation retain loss satisfies eq. 2,
+  ``L_retain(theta) <= L_retain(theta_ft) + epsilon``, is taken. No grid point qualifying stops
+  the run there.
+* 3 iterations, pairs recomputed at the start of each (B.1); the subsets' batch cursors carry
+  on across iterations, so later iterations see further batches while a pool lasts.
 
-``gradient-ascent`` runs the same loop with the identity instead of ``H^-1``: same data, retain
-constraint, trust region, line search and iterations (C.2's first-order comparison).
+The forget loss counts either all of the fine-tune's harmful answer (``forget_tokens=0``, the
+paper's cross-entropy on the forget set) or only its first K tokens, where a refusal is decided
+(``forget_tokens=K``); the same rule applies to the forget set, the curvature forget subset and
+the validation forget set.
 
-Defaults not given in the paper (epsilon, trust radius, damping, lambda schedule, batch sizes)
-are parameters; see ``InfluenceConfig``.
+``gradient-ascent`` runs the same loop with the identity instead of ``H^-1``: same data, the same
+grid search on the same validation split, iterations and gradient budget for the update (C.2's
+first-order comparison). The identity metric is Euclidean, where ``sqrt(2 epsilon)`` means
+nothing, so its grid's unit is ``trust_radius * ||theta_ft||``.
+
+Defaults not given in the paper (epsilon, the grid, the probe radius, damping, lambda schedule,
+batch sizes) are parameters; see ``InfluenceConfig``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from core.base.errors import InputError
+from core.base.options import option
 from core.base.tensors import flat, to_host
 from core.restoration.context import RestoreContext
 from core.restoration.distances import delta_distances, lora_deltas
@@ -46,24 +75,48 @@ from core.world.data import Example
 from core.world.loss import encode_batches, per_example_loss
 from core.world.models import load_model
 
+NORM_FLOOR = 1e-12  # B.1 filter 4: a step or gradient-difference norm below this is degenerate
+
 
 @dataclass(frozen=True)
 class InfluenceConfig:
-    iterations: int = 3  # restoration iterations, curvature pairs recomputed at each (B.1)
-    pairs: int = 10  # L-BFGS pairs per iteration (B.1: ~10)
-    pair_lrs: tuple = (0.001, 0.002, 0.005)  # probe-step learning rates, cycled (B.1)
-    epsilon: float = 0.05  # eq. 2: retain loss may rise by at most this (nats per token) over the fine-tune's
-    trust_radius: float = 0.1  # initial step-norm bound, as a fraction of ||theta_ft|| (LoRA parameters)
-    probe_radius: float = 0.01  # initial probe-step bound, same units
-    min_curvature: float = 1e-6  # reject pairs with s.y <= min_curvature * ||s|| ||y|| (B.1 filter 1)
-    damping: float = 0.1  # negative curvature: y += delta s so that s.y = damping ||s|| ||y|| (filter 3)
-    reg: float = 1.0  # L2 regularisation lambda of the first iteration (B.2), per unit-norm s
-    reg_decay: float = 0.1  # lambda_t = reg * reg_decay**t (annealed)
-    halvings: int = 8  # line-search halvings before an iteration gives up
-    expansions: int = 3  # line-search doublings while the constraint holds and the forget loss rises
-    batch_size: int = 16  # examples per gradient batch
-    lr: float = 0.0  # > 0: fixed step theta += lr * d, no line search (C.2 trajectory plots)
-    preconditioner: str = "lbfgs"  # "lbfgs" (curvature) or "identity" (gradient ascent)
+    iterations: int = option(3, "restoration iterations, L-BFGS pairs recomputed at each (B.1: 3)", low=1)
+    pairs: int = option(
+        10, "L-BFGS pairs per iteration, spread over the forget and two retain subsets (B.1: 10)", low=0
+    )
+    pair_batch: int = option(
+        16, "examples per pair, a fresh batch each, gradient-accumulated (B.1: 64 on a GPU; 16 fits 2 CPU cores)", low=1
+    )
+    pair_lrs: tuple = option((0.001, 0.002, 0.005), "probe-step learning rates, varied within each subset (B.1)")
+    epsilon: float = option(
+        0.05, "eq. 2: the validation retain loss may rise by at most this (nats per token) over the fine-tune's", low=0
+    )
+    step_grid: tuple = option(
+        (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
+        "B.2 grid: trust radii tried on validation, multiples of sqrt(2 epsilon) in the L-BFGS metric (eq. 4)",
+    )
+    trust_radius: float = option(
+        0.1, "gradient ascent's grid unit (Euclidean metric): this fraction of ||theta_ft||", low=0
+    )
+    probe_radius: float = option(
+        0.01, "initial bound on the pairs' probe steps, a fraction of ||theta_ft|| (B.1)", low=0
+    )
+    min_curvature: float = option(1e-6, "B.1 filter 1: reject a pair with s.y <= this x ||s|| ||y||")
+    damping: float = option(
+        1.0, "B.1 filter 3: negative curvature raises the shift mu to this x |s.y| / ||s||^2", low=0
+    )
+    reg: float = option(1.0, "B.2's L2 weight lambda of the first iteration: (H + lambda I)^-1", low=0)
+    reg_decay: float = option(0.1, "lambda_t = reg x reg_decay^t (annealed)", low=0)
+    forget_tokens: int = option(
+        0,
+        "forget-loss tokens: 0 = all of the fine-tune's harmful answer, K = its first K (where refusal is decided)",
+        low=0,
+    )
+    batch_size: int = option(8, "examples per forward/backward micro-batch (gradients accumulate over a batch)", low=1)
+    lr: float = option(0.0, "> 0: a fixed step theta += lr d, no grid search (C.2 trajectory plots)", low=0)
+    preconditioner: str = option(
+        "lbfgs", "lbfgs (curvature-aware) or identity (gradient ascent)", choices=("lbfgs", "identity")
+    )
 
     def expected_steps(self) -> int:
         return self.iterations + 1
@@ -71,7 +124,9 @@ class InfluenceConfig:
 
 @dataclass(frozen=True)
 class GradientAscentConfig(InfluenceConfig):
-    preconditioner: str = "identity"
+    preconditioner: str = option(
+        "identity", "lbfgs (curvature-aware) or identity (gradient ascent)", choices=("lbfgs", "identity")
+    )
 
 
 class LoraObjective:
@@ -82,10 +137,12 @@ class LoraObjective:
         self.params = [p for n, p in model.named_parameters() if "lora_" in n]
         for n, p in model.named_parameters():
             p.requires_grad_("lora_" in n)
-        self._batches: dict[int, list[dict]] = {}
+        self._batches: dict[tuple, list[dict]] = {}
 
     def batches(self, examples: list[Example]) -> list[dict]:
-        key = id(examples)
+        """Encoded micro-batches of ``examples``, cached by content (never by ``id``, which a
+        freed list's successor may reuse)."""
+        key = tuple((e.prompt, e.response, e.complete) for e in examples)
         if key not in self._batches:
             self._batches[key] = encode_batches(self.tok, examples, self.batch_size)
         return self._batches[key]
@@ -107,6 +164,7 @@ class LoraObjective:
             return sum(float(per_example_loss(self.model, b).sum()) for b in self.batches(examples)) / len(examples)
 
     def loss_and_grad(self, examples: list[Example]) -> tuple[float, torch.Tensor]:
+        """Mean loss and its gradient, accumulated over the micro-batches."""
         total, grads = 0.0, [torch.zeros_like(p) for p in self.params]
         for batch in self.batches(examples):
             loss = per_example_loss(self.model, batch).sum() / len(examples)
@@ -116,62 +174,120 @@ class LoraObjective:
         return total, flat(grads)
 
 
-@dataclass
-class PairStats:
-    kept: int = 0
-    rejected: int = 0
-    damped: int = 0
-    dropped: int = 0
+def _finite(x: float) -> float | None:
+    """A float for the JSON record: non-finite values become None."""
+    return x if math.isfinite(x) else None
 
 
 def filter_pair(
-    s: torch.Tensor, y: torch.Tensor, config: InfluenceConfig, stats: PairStats
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """B.1's filters on one (s, y) pair; returns it scaled to ``||s|| = 1`` or None."""
-    ns, ny = float(s.norm()), float(y.norm())
-    if not (math.isfinite(ns) and math.isfinite(ny)) or ns < 1e-12 or ny < 1e-12:
-        stats.dropped += 1
-        return None
-    sy = float(s @ y)
-    if sy < 0:
-        y = y + ((config.damping * ns * ny - sy) / ns**2) * s
-        stats.damped += 1
-    elif sy <= config.min_curvature * ns * ny:
-        stats.rejected += 1
-        return None
-    stats.kept += 1
-    return s / ns, y / ns
+    s: torch.Tensor, y: torch.Tensor, min_curvature: float
+) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, dict]:
+    """B.1's filters on one raw (s, y) pair in B.1's order: (1) insufficient curvature (negative
+    included) rejected, (2) normalised to ``||s|| = 1``, (4) degenerate norms excluded. Filter (3),
+    the damping a negative-curvature pair triggers, is the caller's (it acts on the stored set).
+    Returns the stored pair or None, and the row for the record: raw ``s.y``, ``||s||``,
+    ``||y||``, the curvature ``s.y / ||s||^2`` and the filter that fired ("kept" when none did)."""
+    ns, ny, sy = float(s.norm()), float(y.norm()), float(s @ y)
+    row = {"sy": _finite(sy), "s_norm": _finite(ns), "y_norm": _finite(ny)}
+    row["curvature"] = _finite(sy / ns**2) if ns > 0 and math.isfinite(ns) else None
+    if sy <= min_curvature * ns * ny:  # (1); NaN compares False and falls through to (4)
+        row["filter"] = "negative curvature" if sy < 0 else "insufficient curvature"
+        return None, row
+    stored = (s / ns, y / ns)  # (2)
+    if not all(math.isfinite(v) for v in (ns, ny, sy)) or ns < NORM_FLOOR or ny < NORM_FLOOR:  # (4)
+        row["filter"] = "degenerate norm"
+        return None, row
+    row["filter"] = "kept"
+    return stored, row
+
+
+@dataclass
+class CurvaturePairs:
+    """One iteration's L-BFGS memory: stored (unit-``s``) pairs, the adaptive damping ``mu`` of
+    filter (3), and one record row per attempted pair."""
+
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    damping: float = 0.0
+    rows: list[dict] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(r["filter"] for r in self.rows))
+
+
+def _next_batch(pool: list[Example], size: int, cursors: dict[str, int], name: str) -> tuple[list[Example], int]:
+    """The next consecutive ``size``-slice of ``pool`` (wrapping once the pool is used up) and its index."""
+    slices = max(1, len(pool) // size)
+    index = cursors.get(name, 0) % slices
+    cursors[name] = cursors.get(name, 0) + 1
+    return pool[index * size : (index + 1) * size], index
 
 
 def curvature_pairs(
-    obj: LoraObjective, sets: list[list[Example]], config: InfluenceConfig, radius: float, progress
-) -> tuple[list, PairStats]:
-    """Build up to ``config.pairs`` filtered L-BFGS pairs around the current parameters (B.1)."""
-    theta0, probe = obj.get(), obj.get()
-    pairs, stats = [], PairStats()
-    for attempt in range(2 * config.pairs):
-        if len(pairs) == config.pairs:
+    obj,
+    sets: dict[str, list[Example]],
+    config: InfluenceConfig,
+    radius: float,
+    progress,
+    iteration: int = 0,
+    cursors: dict[str, int] | None = None,
+) -> CurvaturePairs:
+    """Build up to ``config.pairs`` filtered L-BFGS pairs around the current parameters (B.1).
+
+    ``obj`` has ``get``, ``set`` and ``loss_and_grad(examples)`` (a ``LoraObjective``); ``sets``
+    maps each curvature subset's name to its pool, attempts go round-robin over them, each on
+    the subset's next batch (``cursors`` keeps the position across iterations). At most
+    ``2 * pairs`` attempts: a rejected pair is replaced by one more attempt on the next subset."""
+    cursors = {} if cursors is None else cursors
+    names = [n for n, pool in sets.items() if pool]
+    theta0 = obj.get()
+    probe, out = theta0.clone(), CurvaturePairs()
+    used: dict[str, int] = {n: 0 for n in names}
+    seen: set[tuple[str, int]] = set()
+    for attempt in range(2 * config.pairs if names else 0):
+        if len(out.pairs) == config.pairs:
             break
-        examples, lr = sets[attempt % len(sets)], config.pair_lrs[attempt % len(config.pair_lrs)]
+        j = attempt % len(names)
+        name = names[j]
+        k, used[name] = used[name], used[name] + 1
+        lr = config.pair_lrs[(k + j + iteration) % len(config.pair_lrs)]
+        batch, index = _next_batch(sets[name], config.pair_batch, cursors, name)
         obj.set(probe)
-        loss0, g0 = obj.loss_and_grad(examples)
+        loss0, g0 = obj.loss_and_grad(batch)
         s = -lr * g0
-        if float(s.norm()) > radius:
+        clipped = float(s.norm()) > radius
+        if clipped:
             s = s * (radius / float(s.norm()))
         obj.set(probe + s)
-        loss1, g1 = obj.loss_and_grad(examples)
+        loss1, g1 = obj.loss_and_grad(batch)
         y = g1 - g0
-        kept = filter_pair(s, y, config, stats)
-        if kept is not None:
-            pairs.append(kept)
+        stored, row = filter_pair(s, y, config.min_curvature)
+        if row["filter"] == "negative curvature":  # (3) adaptive damping
+            out.damping = max(out.damping, config.damping * -float(s @ y) / float(s.norm()) ** 2)
+        if stored is not None:
+            out.pairs.append(stored)
         predicted = -float(g0 @ s) - 0.5 * float(s @ y)
         ratio = (loss0 - loss1) / predicted if predicted > 0 else -1.0
-        if ratio > 0.1:
+        moved = ratio > 0.1
+        if moved:
             probe = probe + s
+        row.update(
+            iteration=iteration,
+            set=name,
+            batch=index,
+            examples=len(batch),
+            fresh=(name, index) not in seen,
+            lr=lr,
+            clipped=clipped,
+            ratio=_finite(ratio),
+            probe_moved=moved,
+            damping=out.damping,
+        )
+        seen.add((name, index))
+        out.rows.append(row)
         radius = radius * 2 if ratio > 0.75 else radius * 0.5 if ratio < 0.25 else radius
-        progress.update(len(pairs) / config.pairs, f"L-BFGS pair {len(pairs)}/{config.pairs}")
+        progress.update(len(out.pairs) / max(1, config.pairs), f"L-BFGS pair {len(out.pairs)}/{config.pairs}")
     obj.set(theta0)
-    return pairs, stats
+    return out
 
 
 def lbfgs_direction(g: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]], reg: float) -> torch.Tensor:
@@ -192,11 +308,30 @@ def lbfgs_direction(g: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tenso
     return r
 
 
-def _check(data) -> None:
+def first_tokens(tokenizer, examples: list[Example], k: int) -> list[Example]:
+    """``examples`` with each response cut to its first ``k`` tokens (``k = 0``: unchanged).
+
+    The cut is decoded back to text, so the loss's tokenisation re-encodes it; for a BPE
+    tokenizer that is the same prefix up to a merge at the cut."""
+    if k <= 0:
+        return examples
+    out = []
+    for e in examples:
+        ids = tokenizer(e.response or "", add_special_tokens=False).input_ids
+        out.append(replace(e, response=tokenizer.decode(ids[:k]), complete=False) if len(ids) > k else e)
+    return out
+
+
+def _check(data, config: InfluenceConfig) -> None:
     if not data.forget:
         raise InputError("The forget set is empty.", "pass harmful examples the fine-tuned model complies with.")
     if not data.retain:
         raise InputError("The retain set is empty.", "pass benign task examples to preserve.")
+    if config.lr == 0 and not (data.validation_forget and data.validation_retain):
+        raise InputError(
+            "The validation split is empty: B.2's step-scale grid search has nothing to decide on.",
+            "build the data with core.restoration.data.restoration_data, or pass lr > 0 for fixed steps.",
+        )
 
 
 def _validate(config: InfluenceConfig) -> None:
@@ -206,6 +341,17 @@ def _validate(config: InfluenceConfig) -> None:
             f"epsilon={config.epsilon}, trust_radius={config.trust_radius}).",
             "use iterations >= 1, pairs >= 0, epsilon >= 0 and trust_radius > 0.",
         )
+    if config.pair_batch < 1 or config.batch_size < 1 or not config.pair_lrs or not config.step_grid:
+        raise InputError(
+            f"Invalid pair or grid parameters (pair_batch={config.pair_batch}, batch_size={config.batch_size}, "
+            f"pair_lrs={config.pair_lrs}, step_grid={config.step_grid}).",
+            "use pair_batch >= 1, batch_size >= 1 and non-empty pair_lrs and step_grid.",
+        )
+    if config.forget_tokens < 0 or any(not (m > 0 and math.isfinite(m)) for m in config.step_grid):
+        raise InputError(
+            f"Invalid forget_tokens={config.forget_tokens} or step_grid={config.step_grid}.",
+            "use forget_tokens >= 0 (0: the whole answer) and positive grid multiples.",
+        )
     if config.preconditioner not in ("lbfgs", "identity"):
         raise InputError(f"Unknown preconditioner '{config.preconditioner}'.", "use lbfgs or identity.")
 
@@ -213,20 +359,36 @@ def _validate(config: InfluenceConfig) -> None:
 def influence_restore(ctx: RestoreContext, config: InfluenceConfig) -> RestoreOutput:
     """The restoration loop shared by ``curvature`` and ``gradient-ascent``."""
     _validate(config)
-    _check(ctx.data)
+    _check(ctx.data, config)
     model = load_model(ctx.finetuned)
     obj = LoraObjective(model, ctx.tokenizer, config.batch_size)
-    data = ctx.data
-    curvature_sets = [s for s in [data.curvature_forget, *data.curvature_retain] if s]
+    cut = lambda examples: first_tokens(ctx.tokenizer, examples, config.forget_tokens)  # noqa: E731
+    data = replace(
+        ctx.data,
+        forget=cut(ctx.data.forget),
+        curvature_forget=cut(ctx.data.curvature_forget),
+        validation_forget=cut(ctx.data.validation_forget),
+    )
+    retain_sets = list(data.curvature_retain) + [[], []]
+    sets = {"retain-a": retain_sets[0], "forget": data.curvature_forget, "retain-b": retain_sets[1]}
     theta_ft = obj.get()
     ft_deltas = lora_deltas(model)
     scale = float(theta_ft.norm())
-    radius, probe_radius = config.trust_radius * scale, config.probe_radius * scale
     retain_ft = obj.loss(data.retain)
-    bound = retain_ft + config.epsilon
     forget_now = obj.loss(data.forget)
+    notes: dict = {"retain_loss_finetuned": retain_ft, "forget_tokens": config.forget_tokens, "iterations": []}
+    bounds = {"scale": scale, "retain": retain_ft + config.epsilon}
+    if config.lr == 0:
+        validation_ft = obj.loss(data.validation_retain)
+        bounds["validation_retain"] = validation_ft + config.epsilon
+        notes.update(
+            validation_retain_finetuned=validation_ft,
+            validation_bound=bounds["validation_retain"],
+            validation_forget_finetuned=obj.loss(data.validation_forget),
+            validation_sizes={"forget": len(data.validation_forget), "retain": len(data.validation_retain)},
+        )
+    notes["curvature_sets"] = {name: len(pool) for name, pool in sets.items()}
     snapshots = [to_host(theta_ft)]
-    notes: dict = {"retain_loss_finetuned": retain_ft, "retain_bound": bound, "iterations": []}
     ctx.record_step(
         model,
         iteration=0,
@@ -234,11 +396,11 @@ def influence_restore(ctx: RestoreContext, config: InfluenceConfig) -> RestoreOu
         retain_loss_full=retain_ft,
         **delta_distances(lora_deltas(model), ft_deltas),
     )
+    cursors: dict[str, int] = {}
     for it in range(config.iterations):
         stage = ctx.progress.stage(it / config.iterations, (it + 1) / config.iterations)
-        info = _iteration(obj, data, curvature_sets, config, it, radius, probe_radius, bound, stage)
+        info = _iteration(obj, data, sets, config, it, bounds, config.probe_radius * scale, cursors, stage)
         notes["iterations"].append(info)
-        radius = info["next_radius"]
         snapshots.append(to_host(obj.get()))
         ctx.record_step(
             model,
@@ -246,7 +408,7 @@ def influence_restore(ctx: RestoreContext, config: InfluenceConfig) -> RestoreOu
             forget_loss_full=info["forget_loss"],
             retain_loss_full=info["retain_loss"],
             step_norm=info["step_norm"],
-            pairs_kept=info["pairs"]["kept"],
+            pairs_kept=info["pair_counts"].get("kept", 0),
             **delta_distances(lora_deltas(model), ft_deltas),
         )
         if info.get("stopped"):
@@ -258,105 +420,101 @@ def influence_restore(ctx: RestoreContext, config: InfluenceConfig) -> RestoreOu
 def _iteration(
     obj: LoraObjective,
     data,
-    curvature_sets,
+    sets: dict[str, list[Example]],
     config: InfluenceConfig,
     it: int,
-    radius: float,
+    bounds: dict,
     probe_radius: float,
-    bound: float,
+    cursors: dict[str, int],
     progress,
 ) -> dict:
-    """One restoration iteration: pairs, direction, scaled step under the retain constraint."""
-    pairs, stats = ([], None)
+    """One restoration iteration: pairs (B.1), direction (eq. 5, B.2), step (B.2 grid, eq. 4)."""
+    built = CurvaturePairs()
     if config.preconditioner == "lbfgs" and config.pairs:
-        pairs, stats = curvature_pairs(obj, curvature_sets, config, probe_radius, progress.stage(0, 0.8))
+        built = curvature_pairs(obj, sets, config, probe_radius, progress.stage(0, 0.7), it, cursors)
     theta = obj.get()
     forget0, g = obj.loss_and_grad(data.forget)
     reg = config.reg * config.reg_decay**it
-    d = lbfgs_direction(g, pairs, reg) if config.preconditioner == "lbfgs" else g
-    if float(g @ d) <= 0:
-        d = g  # a non-ascent preconditioned direction (should not happen with positive pairs): fall back
+    d = lbfgs_direction(g, built.pairs, reg + built.damping) if config.preconditioner == "lbfgs" else g
+    fallback = float(g @ d) <= 0  # a non-ascent direction (cannot happen with positive pairs): plain gradient
+    if fallback:
+        d = g
     info = {
-        "pairs": vars(stats) if stats else {"kept": 0},
+        "pairs": built.rows,
+        "pair_counts": built.counts(),
         "lambda": reg,
-        "forget_loss": forget0,
-        "retain_loss": obj.loss(data.retain),
+        "damping": built.damping,
+        "cos_direction_gradient": float(g @ d) / max(float(g.norm() * d.norm()), 1e-30),
+        "fallback_to_gradient": fallback,
+        "forget_loss_before": forget0,
     }
     if config.lr > 0:
-        step = config.lr * d
-        return {**info, **_fixed_step(obj, data, theta, step, radius, bound)}
-    return {**info, **_line_search(obj, data, theta, g, d, forget0, radius, bound, config, it, progress)}
+        return {**info, **_fixed_step(obj, data, theta, config.lr * d, bounds["retain"])}
+    step = _grid_search(obj, data, theta, g, d, config, it, bounds, progress.stage(0.75, 1.0))
+    return {**info, **step, "forget_loss": obj.loss(data.forget), "retain_loss": obj.loss(data.retain)}
 
 
-def _line_search(
-    obj: LoraObjective,
-    data,
-    theta,
-    g,
-    d,
-    forget0: float,
-    radius: float,
-    bound: float,
-    config: InfluenceConfig,
-    it: int,
-    progress,
+def _grid_search(
+    obj: LoraObjective, data, theta, g, d, config: InfluenceConfig, it: int, bounds: dict, progress
 ) -> dict:
-    """Step scaling (B.1-B.2): start on the trust-region boundary, halve until the retain
-    constraint (eq. 2) holds and the forget loss rises, then double while it still holds and
-    the forget loss keeps rising (the "small grid search" over the update scale). The accepted
-    step's reduction ratio (actual / linearly predicted forget increase) sets the next radius."""
-    t = radius / float(d.norm())
-
-    def trial(scale: float):
-        obj.set(theta + scale * d)
-        f, r = obj.loss(data.forget), obj.loss(data.retain)
-        progress.update(0.9, f"line search: step {scale * float(d.norm()):.3g}, retain {r:.3f} (bound {bound:.3f})")
-        return (f, r) if math.isfinite(f) and math.isfinite(r) and r <= bound and f > forget0 else None
-
-    best = None
-    for _ in range(config.halvings + 1):
-        if (found := trial(t)) is not None:
-            best = (t, *found)
-            break
-        t *= 0.5
+    """B.2's step scale: the radii of ``step_grid`` in the preconditioner's metric (eq. 4's trust
+    region, solved along ``d``), each tried on the validation split; the largest validation
+    forget-loss increase that keeps eq. 2 on validation wins. Leaves theta at the chosen step."""
+    metric_norm = math.sqrt(max(float(g @ d), 1e-30))  # ||d||_M = sqrt(d^T M d) = sqrt(g^T d)
+    unit = math.sqrt(2 * config.epsilon) if config.preconditioner == "lbfgs" else config.trust_radius * bounds["scale"]
+    obj.set(theta)
+    forget_v0 = obj.loss(data.validation_forget)
+    rows = []
+    for k, multiple in enumerate(sorted(config.step_grid)):
+        eta = multiple * unit / metric_norm
+        obj.set(theta + eta * d)
+        vf, vr = obj.loss(data.validation_forget), obj.loss(data.validation_retain)
+        ok = math.isfinite(vf) and math.isfinite(vr) and vr <= bounds["validation_retain"] and vf > forget_v0
+        rows.append(
+            {
+                "multiple": multiple,
+                "radius": multiple * unit,
+                "step_norm": eta * float(d.norm()),
+                "validation_forget": _finite(vf),
+                "validation_retain": _finite(vr),
+                "feasible": ok,
+            }
+        )
+        progress.update((k + 1) / len(config.step_grid), f"grid {k + 1}/{len(config.step_grid)}: retain {vr:.3f}")
+    best = max((r for r in rows if r["feasible"]), key=lambda r: r["validation_forget"], default=None)
+    base = {"grid": rows, "validation_forget_before": forget_v0}
     if best is None:
         obj.set(theta)
         return {
+            **base,
             "step_norm": 0.0,
-            "next_radius": radius * 0.5,
-            "stopped": f"iteration {it + 1}: no step within the retain bound {bound:.3f} raised the forget loss",
+            "stopped": f"iteration {it + 1}: no grid step kept the validation retain loss within "
+            f"{bounds['validation_retain']:.3f} and raised the validation forget loss",
         }
-    for _ in range(config.expansions if best[0] == radius / float(d.norm()) else 0):
-        found = trial(2 * best[0])
-        if found is None or found[0] <= best[1]:
-            break
-        best = (2 * best[0], *found)
-    t, forget1, retain1 = best
-    obj.set(theta + t * d)
-    step_norm = t * float(d.norm())
-    ratio = (forget1 - forget0) / (t * float(g @ d))
-    next_radius = step_norm * (2.0 if ratio > 0.75 else 0.5 if ratio < 0.25 else 1.0)
+    obj.set(theta + (best["radius"] / metric_norm) * d)
     return {
-        "forget_loss": forget1,
-        "retain_loss": retain1,
-        "step_norm": step_norm,
-        "ratio": ratio,
-        "next_radius": next_radius,
+        **base,
+        "step_norm": best["step_norm"],
+        "chosen_multiple": best["multiple"],
+        "chosen_radius": best["radius"],
+        "validation_forget": best["validation_forget"],
+        "validation_retain": best["validation_retain"],
     }
 
 
-def _fixed_step(obj: LoraObjective, data, theta: torch.Tensor, step: torch.Tensor, radius: float, bound: float) -> dict:
+def _fixed_step(obj: LoraObjective, data, theta: torch.Tensor, step: torch.Tensor, bound: float) -> dict:
     """A fixed-learning-rate step; a non-finite or exploding loss reverts it and stops the run."""
     obj.set(theta + step)
     forget1, retain1 = obj.loss(data.forget), obj.loss(data.retain)
     if not (math.isfinite(forget1) and math.isfinite(retain1)) or retain1 > bound + 10.0:
         obj.set(theta)
         return {
+            "forget_loss": obj.loss(data.forget),
+            "retain_loss": obj.loss(data.retain),
             "step_norm": 0.0,
-            "next_radius": radius,
             "stopped": f"diverged (forget {forget1:.3g}, retain {retain1:.3g}); kept the last good state",
         }
-    return {"forget_loss": forget1, "retain_loss": retain1, "step_norm": float(step.norm()), "next_radius": radius}
+    return {"forget_loss": forget1, "retain_loss": retain1, "step_norm": float(step.norm())}
 
 
 @register(
