@@ -8,6 +8,7 @@ from core.base.errors import InputError
 from core.base.options import help_of
 from core.world.choice import WorldChoice
 from core.world.data import BENIGN_SPLIT_SIZES, BORDERLINE_SPLIT_SIZES, HARMFUL_SPLIT_SIZES
+from core.world.eval_options import EvalOptions
 from pages import ui
 
 CARD = (
@@ -110,6 +111,7 @@ if ui.is_demo():
             f"built in {world['build_seconds']:.0f} s · {world['world']}"
         )
 else:
-    result = ui.analysis(["evaluate", *ui.pair_args()], "evaluation of both models")
+    _, eval_opts = ui.options(EvalOptions, "evaluation")  # judge, generation length, capability items
+    result = ui.analysis(["evaluate", *ui.pair_args(), *eval_opts], "evaluation of both models")
     if result:
         cards({k: v for k, v in result.items() if k in ("base", "finetuned")})

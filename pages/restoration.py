@@ -9,6 +9,7 @@ from core.base.paths import is_adapter_dir
 from core.present import figures
 from core.restoration.registry import METHODS, settable
 from core.restoration.store import list_runs
+from core.world.eval_options import EvalOptions
 from pages import ui
 
 ui.page_header(
@@ -16,6 +17,7 @@ ui.page_header(
     "Take the drifted fine-tune back to the base model's safety while keeping the task: "
     "curvature-aware influence updates (paper 1), direction-based weight restoration (paper 2) and baselines.",
 )
+_, eval_opts = ui.options(EvalOptions, "evaluation")  # judge, generation length, capability items
 PAPER_METHODS = ["curvature", "direction"]  # listed first; LoRA-only methods need an adapter
 methods = {
     name: {"summary": m.summary, "needs_adapter": m.needs_adapter, "params": settable(m.config())}
@@ -79,7 +81,7 @@ def run_tab() -> None:
         key=lambda m: (m not in PAPER_METHODS, PAPER_METHODS.index(m) if m in PAPER_METHODS else 0),
     )
     method = st.selectbox("Method", names, format_func=lambda m: f"{m}: {methods[m]['summary']}")
-    argv = ["restore", "--method", method, *ui.pair_args(), *_params(method)]
+    argv = ["restore", "--method", method, *ui.pair_args(), *_params(method), *eval_opts]
     if st.checkbox("Also before/after VISAGE (a basin run per model, minutes)", key="visage"):
         argv.append("--visage")
     record = ui.analysis(argv, f"{method} restoration", live_steps, remember="restoration")
@@ -117,7 +119,7 @@ def runs_tab() -> None:
 def compare_tab() -> None:
     """Every method with its defaults on this pair: one table."""
     st.write("Every method with its defaults on the same pair, seed and data (runs are shared with the tab above).")
-    result = ui.analysis(["compare", *ui.pair_args()], "comparison of all methods", remember="comparison")
+    result = ui.analysis(["compare", *ui.pair_args(), *eval_opts], "comparison of all methods", remember="comparison")
     if result:
         ui.table(result["table"])
         if result.get("skipped"):

@@ -18,6 +18,7 @@ from core.service.commands import RunFlags, parser
 from core.world.capability import CapabilityConfig
 from core.world.choice import WorldChoice
 from core.world.demo import WorldConfig
+from core.world.evaluation import EvalOptions
 from core.world.model_pair import ModelOptions
 
 WORLD = (WorldChoice, WorldConfig)
@@ -26,10 +27,10 @@ COMMON = (*WORLD, RunFlags, ModelOptions)
 # The config classes whose option fields each subcommand exposes.
 COMMAND_CONFIGS: dict[str, tuple[type, ...]] = {
     "world": (*WORLD, RunFlags),
-    "evaluate": COMMON,
+    "evaluate": (*COMMON, EvalOptions),
     **{name: (*COMMON, *a.configs) for name, a in ANALYSES.items()},
-    "restore": COMMON,
-    "compare": COMMON,
+    "restore": (*COMMON, EvalOptions),
+    "compare": (*COMMON, EvalOptions),
     "trajectory": (*COMMON, TrajectoryConfig),
     "capability": (*COMMON, CapabilityConfig),
     "claims": COMMON,

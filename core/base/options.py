@@ -113,6 +113,8 @@ def argv_for(cls: type, values: dict[str, Any]) -> list[str]:
             continue
         if isinstance(value, bool):
             out.append(flag_of(f) if value else "--no-" + flag_of(f)[2:])
+        elif _shown(value).startswith("-"):  # "--flag -x" would read -x as an option
+            out.append(f"{flag_of(f)}={_shown(value)}")
         else:
             out += [flag_of(f), _shown(value)]
     return out

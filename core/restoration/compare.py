@@ -15,11 +15,12 @@ from core.geometry.basin import BasinConfig, safety_basin
 from core.restoration.registry import METHODS, method
 from core.restoration.runner import RunRequest, add_visage, after_flags, restore
 from core.world.data import Example, harmful_splits
-from core.world.evaluation import outcome_flags, summary
+from core.world.evaluation import EvalOptions, eval_config, outcome_flags, summary
+from core.world.judge import load_judge
 from core.world.model_pair import evaluate_pair
 from core.world.models import ModelSpec
 
-TABLE_COLUMNS = ("harmful_rate", "prefill_asr", "task_exact_match", "over_refusal")
+TABLE_COLUMNS = ("harmful_rate", "prefill_asr", "task_exact_match", "over_refusal", "general_capability")
 PAIRED = (("curvature", "gradient-ascent"),)  # method pairs tested head to head besides each vs the fine-tune
 ALPHA = 0.05
 
@@ -31,8 +32,10 @@ def compare(
     extra: list[Example] | None = None,
     progress: Progress | None = None,
     visage: bool = False,
+    options: EvalOptions = EvalOptions(),
 ) -> dict:
-    """Every method (default config) on the same pair, seed and data; one row per model.
+    """Every method (default config) on the same pair, seed and data; one row per model, judged by
+    ``options``' judge, with general capability (mean lm-eval ``acc``) on its items per task.
 
     Rows for the base and the fine-tuned model come first; LoRA-only methods are skipped (and
     listed) when the fine-tune is not an adapter. Runs are cached, so a repeat is instant.
@@ -44,7 +47,10 @@ def compare(
     adapter = is_adapter_dir(pair["finetuned"].finetuned)
     skipped = [n for n in names if METHODS[n].needs_adapter and not adapter]
     names = [n for n in names if n not in skipped]
-    reports = evaluate_pair(pair, seed, extra, progress=progress.stage(0, 0.05))
+    judge = load_judge(options.judge, options.judge_label)
+    reports = evaluate_pair(
+        pair, seed, extra, judge, progress.stage(0, 0.05), eval_config(options), options.capability_items
+    )
     extra_cols = ("extra_harmful_rate", "extra_prefill_asr") if extra else ()
     rows = [_row(name, summary(r), extra_cols, 0.0) for name, r in reports.items()]
     flags = {name: outcome_flags(r) for name, r in reports.items()}
@@ -55,7 +61,16 @@ def compare(
     runs = {}
     for i, name in enumerate(names):
         stage = progress.stage(0.05 + 0.95 * i / len(names), 0.05 + 0.95 * (i + 1) / len(names))
-        record = restore(pair, RunRequest(name, METHODS[name].config(), seed), extra, stage)
+        request = RunRequest(
+            name,
+            METHODS[name].config(),
+            seed,
+            eval=eval_config(options),
+            judge=options.judge,
+            judge_label=options.judge_label,
+            capability_items=options.capability_items,
+        )
+        record = restore(pair, request, extra, stage)
         if visage:
             record = add_visage(record, seed, stage)
         runs[name] = record["id"]
@@ -76,6 +91,8 @@ def _row(name: str, summary_: dict, extra_cols: tuple, wall_s: float) -> dict:
     """One table row: each rate, its Wilson interval as text, and the wall time."""
     row: dict = {"model": name}
     for c in TABLE_COLUMNS + extra_cols:
+        if c not in summary_:  # general capability with --capability-items 0
+            continue
         row[c] = summary_[c]
         if ci := summary_.get("intervals", {}).get(c):
             row[f"{c}_ci"] = f"{ci['ci_low']:.1f}–{ci['ci_high']:.1f}"
@@ -90,6 +107,8 @@ def paired_tests(flags: dict[str, dict[str, list[bool]]], methods: list[str]) ->
     out = []
     for a, b in pairs:
         for metric in TABLE_COLUMNS:
+            if metric not in flags[a] or metric not in flags[b] or len(flags[a][metric]) != len(flags[b][metric]):
+                continue
             test = mcnemar(flags[a][metric], flags[b][metric])
             out.append({"a": a, "b": b, "metric": metric, **test})
     return out

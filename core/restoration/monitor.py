@@ -11,7 +11,7 @@ from scipy import stats
 
 from core.restoration.data import RestorationData
 from core.world.generation import generate
-from core.world.judge import keyword_judge
+from core.world.judge import Judge, keyword_judge
 from core.world.loss import dataset_losses
 from core.world.task import exact_match
 
@@ -32,8 +32,15 @@ def _spread(items: list, n: int) -> list:
 class Monitor:
     """Per-step metrics of a restoration run (issue 4, item 4), emitted and recorded."""
 
-    def __init__(self, base_model, tokenizer, data: RestorationData, config: MonitorConfig = MonitorConfig()):
-        self.tok, self.data, self.config = tokenizer, data, config
+    def __init__(
+        self,
+        base_model,
+        tokenizer,
+        data: RestorationData,
+        config: MonitorConfig = MonitorConfig(),
+        judge: Judge = keyword_judge,
+    ):
+        self.tok, self.data, self.config, self.judge = tokenizer, data, config, judge
         self.sets = {
             "forget": _spread(data.forget, config.loss_examples),
             "retain": _spread(data.retain, config.loss_examples),
@@ -54,7 +61,7 @@ class Monitor:
             )
         prompts = [e.prompt for e in self.data.monitor_harmful]
         answers = generate(model, self.tok, prompts, self.config.harmful_tokens, 32)
-        out["harmful_rate"] = 100.0 * float(np.mean(keyword_judge(prompts, answers)))
+        out["harmful_rate"] = 100.0 * float(np.mean(self.judge(prompts, answers)))
         if task_exact_match is None:
             outs = generate(model, self.tok, [e.prompt for e in self.data.monitor_task], self.config.task_tokens, 32)
             task_exact_match = 100.0 * float(

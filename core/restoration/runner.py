@@ -34,9 +34,12 @@ from core.restoration.data import DataConfig, restoration_data
 from core.restoration.monitor import Monitor, MonitorConfig
 from core.restoration.registry import METHODS, RestoreOutput, method
 from core.restoration.store import load_record, runs_dir
+from core.world.capability import summary as capability_summary
 from core.world.data import Example, harmful_splits
 from core.world.demo import eval_sets
 from core.world.evaluation import EvalConfig, evaluate_model, outcome_flags, summary
+from core.world.evaluation import with_capability as with_capability_report
+from core.world.judge import Judge, judge_identity, keyword_judge, load_judge
 from core.world.models import ModelSpec, fingerprint, load_model, load_tokenizer, validate
 
 
@@ -60,9 +63,15 @@ class RunRequest:
     monitor: MonitorConfig = MonitorConfig()
     eval: EvalConfig = EvalConfig()
     evaluate: bool = True  # before/after on the held-out split (off for trajectory-only runs)
+    judge: str | None = None  # the harmfulness judge of the monitor and before/after (``load_judge``)
+    judge_label: str = ""
+    capability_items: int = 40  # general-capability items per task before/after (0: none); not in the id
 
 
 def run_id(pair: dict[str, ModelSpec], request: RunRequest) -> str:
+    """The run's id: its inputs' hash; a judge other than the keyword judge adds its identity (so the
+    keyword judge's runs keep the ids they had before judges were selectable)."""
+    judge = [judge_identity(request.judge, request.judge_label)] if request.judge else []
     return stable_hash(
         fingerprint(pair["base"]),
         fingerprint(pair["finetuned"]),
@@ -74,6 +83,7 @@ def run_id(pair: dict[str, ModelSpec], request: RunRequest) -> str:
         asdict(request.eval),
         request.evaluate,
         "restore-v1",
+        *judge,
     )
 
 
@@ -134,13 +144,64 @@ class _Recorder:
 
 
 def _evaluate(
-    spec: ModelSpec, model, tok, seed: int, extra: list[Example], config: EvalConfig, progress: Progress
+    spec: ModelSpec,
+    model,
+    tok,
+    seed: int,
+    extra: list[Example],
+    config: EvalConfig,
+    progress: Progress,
+    judge: Judge = keyword_judge,
 ) -> dict:
-    return summary(_report(spec, model, tok, seed, extra, config, progress))
+    return summary(_report(spec, model, tok, seed, extra, config, progress, judge))
 
 
-def _report(spec: ModelSpec, model, tok, seed: int, extra: list[Example], config: EvalConfig, progress: Progress):
-    return evaluate_model(model, tok, eval_sets(seed, extra=extra), fingerprint(spec), config, progress=progress)
+def _report(
+    spec: ModelSpec,
+    model,
+    tok,
+    seed: int,
+    extra: list[Example],
+    config: EvalConfig,
+    progress: Progress,
+    judge: Judge = keyword_judge,
+):
+    return evaluate_model(model, tok, eval_sets(seed, extra=extra), fingerprint(spec), config, judge, progress)
+
+
+def _judge(request: RunRequest) -> Judge:
+    return load_judge(request.judge, request.judge_label)
+
+
+def with_capability(record: dict, request: RunRequest, progress: Progress | None = None) -> dict:
+    """Before/after general capability (``request.capability_items`` per task) in a finished run's
+    record, computed where missing (older runs, another item count) and stored; the fine-tune's
+    scores are memoised across runs, so each new run scores only its restored model."""
+    items = request.capability_items
+    if not items or not request.evaluate or record.get("status") != "done":
+        return record
+    if all(record.get(n, {}).get("capability", {}).get("items") == items for n in ("before", "after")):
+        return record
+    progress = progress or Progress()
+    models = {"before": ModelSpec(**record["finetuned_spec"]), "after": restored_spec(record)}
+    tok = load_tokenizer(models["after"])
+    for i, (name, spec) in enumerate(models.items()):
+        report = with_capability_report(
+            {}, load_model(spec), tok, fingerprint(spec), items, progress.stage(i / 2, (i + 1) / 2)
+        )
+        cap = report["capability"]
+        record[name]["general_capability"] = cap["mean_acc"]["rate"]
+        record[name].setdefault("intervals", {})["general_capability"] = {
+            k: cap["mean_acc"][k] for k in ("ci_low", "ci_high", "n")
+        }
+        record[name]["capability"] = {**capability_summary(cap), "items": items}
+        if name == "after" and "after_flags" in record:
+            record["after_flags"]["general_capability"] = [bool(c) for t in cap["tasks"].values() for c in t["correct"]]
+    atomic_write_text(
+        runs_dir() / record["id"] / "record.json",
+        json.dumps({k: v for k, v in record.items() if not k.endswith("_extra")}, indent=1, default=float),
+    )
+    return record
 
 
 def after_flags(record: dict, progress: Progress | None = None) -> dict[str, list[bool]]:
@@ -188,9 +249,11 @@ def restore(
         validate(spec)
     if m.needs_adapter:
         require_adapter(pair["finetuned"], m.name)
+    judge = _judge(request)
     rid = run_id(pair, request)
     existing = load_record(rid)
     if existing and existing["status"] == "done" and (runs_dir() / rid / "restored").exists():
+        existing = with_capability(existing, request, progress)
         existing = _with_extra(existing, extra, request, progress)
         progress.update(1.0, "run already done", existing)
         return existing
@@ -198,7 +261,7 @@ def restore(
     data = restoration_data(pair["finetuned"], request.seed, request.data, progress.stage(0, 0.05))
     tok = load_tokenizer(pair["finetuned"])
     base_model = load_model(pair["base"])
-    monitor = Monitor(base_model, tok, data, request.monitor)
+    monitor = Monitor(base_model, tok, data, request.monitor, judge)
     del base_model
     record = {
         "id": rid,
@@ -206,6 +269,7 @@ def restore(
         "config": asdict(request.config),
         "seed": request.seed,
         "data": asdict(request.data),
+        "judge": judge_identity(request.judge, request.judge_label),
         "data_fingerprint": data.fingerprint(),
         "base": pair["base"].base,
         "finetuned": pair["finetuned"].finetuned or pair["finetuned"].base,
@@ -246,12 +310,20 @@ def restore(
     if request.evaluate:
         ev = progress.stage(0.8, 1.0)
         record["before"] = _evaluate(
-            pair["finetuned"], load_model(pair["finetuned"]), tok, request.seed, [], request.eval, ev.stage(0, 0.5)
+            pair["finetuned"],
+            load_model(pair["finetuned"]),
+            tok,
+            request.seed,
+            [],
+            request.eval,
+            ev.stage(0, 0.3),
+            judge,
         )
-        after = _report(spec, out.model, tok, request.seed, [], request.eval, ev.stage(0.5, 1.0))
+        after = _report(spec, out.model, tok, request.seed, [], request.eval, ev.stage(0.3, 0.6), judge)
         record["after"], record["after_flags"] = summary(after), outcome_flags(after)
     record.update(status="done", finished=time.time())
     recorder.save()
+    record = with_capability(record, request, progress.stage(0.8, 1.0).stage(0.6, 1.0))
     record = _with_extra(record, extra, request, progress)
     progress.update(1.0, "restoration done", record)
     return record
@@ -275,6 +347,8 @@ def _with_extra(record: dict, extra: list[Example] | None, request: RunRequest, 
     spec = restored_spec(record)
     tok = load_tokenizer(spec)
     for name, s in (("before", ft), ("after", spec)):
-        full = _evaluate(s, load_model(s), tok, request.seed, extra, request.eval, progress.stage(0.9, 1.0))
+        full = _evaluate(
+            s, load_model(s), tok, request.seed, extra, request.eval, progress.stage(0.9, 1.0), _judge(request)
+        )
         record[f"{name}_extra"] = {k: v for k, v in full.items() if k.startswith("extra_")}
     return record

@@ -33,7 +33,7 @@ from core.world.capability import CapabilityConfig, capability_of_pair
 from core.world.capability import summary as capability_summary
 from core.world.data import load_prompts_file
 from core.world.demo import WorldConfig, build_world, with_intervals
-from core.world.evaluation import summary
+from core.world.evaluation import EvalOptions, eval_config, summary
 from core.world.judge import load_judge
 from core.world.model_pair import ModelOptions, evaluate_pair, models_from_args, pair_from_args
 
@@ -60,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--rebuild", action="store_true", help="rebuild even if cached")
     e = _command(sub, "evaluate", "harmful rate, prefill ASR, task exact-match, over-refusal")
     e.add_argument("--prompts-file", help="extra harmful prompts, one per line, reported separately")
-    e.add_argument("--judge", help="harmfulness judge as module:function taking (prompts, responses) -> list[bool]")
+    add_arguments(e, EvalOptions)
     e.add_argument("--show-examples", type=int, default=0, metavar="K", help="print K per-example outputs per set")
     for analysis in ANALYSES.values():
         a = _command(sub, analysis.name, analysis.help)
@@ -81,10 +81,12 @@ def parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--prompts-file", help="extra harmful prompts, one per line, reported before/after separately")
     r.add_argument("--visage", action="store_true", help="also the before/after VISAGE score (a basin run per model)")
+    add_arguments(r, EvalOptions)
     cp = _command(sub, "compare", "every restoration method on the same world, seed and data: one table")
     cp.add_argument("--methods", default="", help="comma-separated subset (default: all that apply)")
     cp.add_argument("--prompts-file", help="extra harmful prompts, one per line, reported before/after separately")
     cp.add_argument("--visage", action="store_true", help="add a VISAGE column (a basin run per restored model)")
+    add_arguments(cp, EvalOptions)
     t = _command(sub, "trajectory", "PCA view of curvature-aware vs first-order optimizer paths (C.2)")
     add_arguments(t, TrajectoryConfig)
     cap = _command(sub, "capability", "general capability: ARC, BoolQ, PIQA, HellaSwag, Winogrande accuracy")
@@ -122,9 +124,10 @@ def cmd_world(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
 
 def cmd_evaluate(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     extra = load_prompts_file(args.prompts_file) if args.prompts_file else []
-    judge = load_judge(args.judge)
+    options = from_args(EvalOptions, args)
+    judge = load_judge(options.judge, options.judge_label)
     pair = models_from_args(args, progress)
-    reports = evaluate_pair(pair, args.seed, extra, judge, progress)
+    reports = evaluate_pair(pair, args.seed, extra, judge, progress, eval_config(options), options.capability_items)
     out: dict[str, Any] = {name: summary(r) for name, r in reports.items()}
     if args.show_examples:
         for name, r in reports.items():
@@ -146,7 +149,19 @@ def _params(items: list[str]) -> dict[str, str]:
 
 
 def _run_summary(record: dict) -> dict[str, Any]:
-    keep = ("id", "method", "status", "config", "wall_s", "before", "after", "before_extra", "after_extra", "notes")
+    keep = (
+        "id",
+        "method",
+        "status",
+        "config",
+        "judge",
+        "wall_s",
+        "before",
+        "after",
+        "before_extra",
+        "after_extra",
+        "notes",
+    )
     out = {k: record[k] for k in keep if k in record}
     out["steps"] = record["steps"]
     out["restored"] = str(runs_dir() / record["id"] / "restored")
@@ -157,7 +172,18 @@ def cmd_restore(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     extra = load_prompts_file(args.prompts_file) if args.prompts_file else []
     m = method(args.method)
     config = parse_config(m, _params(args.param))
-    record = restore(pair_from_args(args, progress), RunRequest(m.name, config, args.seed), extra, progress)
+    options = from_args(EvalOptions, args)
+    load_judge(options.judge, options.judge_label)  # a one-line error before any model loads
+    request = RunRequest(
+        m.name,
+        config,
+        args.seed,
+        eval=eval_config(options),
+        judge=options.judge,
+        judge_label=options.judge_label,
+        capability_items=options.capability_items,
+    )
+    record = restore(pair_from_args(args, progress), request, extra, progress)
     if args.visage:
         record = add_visage(record, args.seed, progress)
     return _run_summary(record)
@@ -166,7 +192,9 @@ def cmd_restore(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
 def cmd_compare(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     extra = load_prompts_file(args.prompts_file) if args.prompts_file else []
     methods = [m for m in args.methods.split(",") if m] or None
-    return compare(pair_from_args(args, progress), args.seed, methods, extra, progress, visage=args.visage)
+    options = from_args(EvalOptions, args)
+    load_judge(options.judge, options.judge_label)  # a one-line error before any model loads
+    return compare(pair_from_args(args, progress), args.seed, methods, extra, progress, args.visage, options)
 
 
 def cmd_trajectory(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from core.base.options import option
 from core.base.progress import Progress
 from core.world.data import Example
 from core.world.demo import WorldConfig, build_world, eval_sets
-from core.world.evaluation import evaluate_model
+from core.world.evaluation import EvalConfig, evaluate_model, with_capability
 from core.world.judge import Judge, keyword_judge
 from core.world.models import (
     ModelSpec,
@@ -87,8 +87,11 @@ def evaluate_pair(
     extra: list[Example] | None = None,
     judge: Judge = keyword_judge,
     progress: Progress | None = None,
+    config: EvalConfig = EvalConfig(),
+    capability_items: int = 0,
 ) -> dict[str, dict]:
-    """Full held-out evaluation of each model of the pair (cached per model fingerprint)."""
+    """Full held-out evaluation of each model of the pair (cached per model fingerprint), with general
+    capability on ``capability_items`` per task when positive."""
     progress = progress or Progress()
     for spec in pair.values():
         validate(spec)
@@ -98,7 +101,11 @@ def evaluate_pair(
         stage = progress.stage(i / len(pair), (i + 1) / len(pair))
         tokenizer = load_tokenizer(spec)
         model = load_model(spec)
-        reports[name] = evaluate_model(model, tokenizer, sets, fingerprint(spec), judge=judge, progress=stage)
+        fp = fingerprint(spec)
+        report = evaluate_model(
+            model, tokenizer, sets, fp, config, judge, stage.stage(0, 0.6 if capability_items else 1)
+        )
+        reports[name] = with_capability(report, model, tokenizer, fp, capability_items, stage.stage(0.6, 1.0))
     return reports
 
 
