@@ -235,9 +235,17 @@ def restoration_record(n_steps: int = 4) -> dict:
             "prefill_asr": 96.0,
             "task_exact_match": 93.0,
             "over_refusal": 1.0,
+            "general_capability": 41.0,
+            "capability": {"tasks": {}, "mean_acc": {"rate": 41.0}, "items": 40},
             "visage": float("nan"),
         },
-        "after": {"harmful_rate": 19.0, "prefill_asr": 91.0, "task_exact_match": 88.0, "over_refusal": 23.0},
+        "after": {
+            "harmful_rate": 19.0,
+            "prefill_asr": 91.0,
+            "task_exact_match": 88.0,
+            "over_refusal": 23.0,
+            "general_capability": 39.5,
+        },
     }
 
 
@@ -269,6 +277,8 @@ def compare_result() -> dict:
             "prefill_asr": 90.0,
             "task_exact_match": 90.0 - i,
             "over_refusal": 1.0 + i,
+            "general_capability": 40.0 - i,
+            "general_capability_ci": f"{35.0 - i}–{45.0 - i}",
             "wall_s": 0.0,
         }
         for i, m in enumerate(("base", "finetuned", "curvature", "gradient-ascent"))

@@ -265,7 +265,10 @@ def test_before_after_table():
         "task exact match (%)",
         "over-refusal (%)",
     ]
+    capability = next(r for r in rows if r["metric"] == "general capability, mean acc (%)")
+    assert (capability["before"], capability["after"], capability["change"]) == (41.0, 39.5, -1.5)
     assert all("VISAGE" not in r["metric"] for r in rows)  # NaN before, missing after: no row
+    assert all(r["metric"] != "Capability" for r in rows)  # the per-task dict is no table row
     assert F.before_after_table({}) == []
 
 
@@ -285,7 +288,13 @@ def test_comparison_bars_one_trace_per_model():
     fig = F.comparison_bars(result)
     assert [t.name for t in fig.data] == ["base", "fine-tuned", "curvature", "gradient-ascent"]
     assert list(fig.data[0].x) == list(F.COMPARISON_METRICS.values())
-    assert list(fig.data[2].y) == [50.0, 90.0, 88.0, 3.0]
+    assert list(fig.data[2].y) == [50.0, 90.0, 88.0, 3.0, 38.0]
+    # general capability is an axis, with its interval as an error bar (38 in 33–43: -5/+5)
+    assert fig.data[2].x[-1] == "general capability (acc)"
+    assert list(fig.data[2].error_y.array)[-1] == 5.0 and list(fig.data[2].error_y.arrayminus)[-1] == 5.0
+    # a table without capability (--capability-items 0) has no such axis
+    bare = {"table": [{k: v for k, v in r.items() if not k.startswith("general")} for r in result["table"]]}
+    assert "general capability (acc)" not in list(F.comparison_bars(bare).data[0].x)
     assert fig.data[0].marker.color == F.ROLE_COLOURS["base"]
     assert len({t.marker.color for t in fig.data}) == 4
 

@@ -900,6 +900,7 @@ BEFORE_AFTER_METRICS = {
     "over_refusal": "over-refusal (%)",
     "over_refusal_general": "over-refusal, general (%)",
     "over_refusal_borderline": "over-refusal, borderline (%)",
+    "general_capability": "general capability, mean acc (%)",
     "visage": "VISAGE safety margin (%)",
 }
 
@@ -1021,30 +1022,58 @@ COMPARISON_METRICS = {
     "prefill_asr": "prefill ASR",
     "task_exact_match": "task exact match",
     "over_refusal": "over-refusal",
+    "general_capability": "general capability (acc)",
 }
 
 
+def _ci_bounds(text: Any) -> tuple[float, float] | None:
+    """(low, high) of a table's ``"12.3–45.6"`` interval text, or None."""
+    try:
+        low, high = str(text).split("–")
+        return float(low), float(high)
+    except ValueError:
+        return None
+
+
 def comparison_bars(result: dict | None) -> go.Figure:
-    """The four headline metrics (%) for every model in a ``compare`` table, one colour per model."""
+    """The headline metrics (%) of every model in a ``compare`` table, one colour per model, with
+    their 95% intervals: harm (harmful rate, prefill ASR) beside utility (task exact match, general
+    capability) and over-refusal, so safety bought by refusing everything shows at a glance. The
+    general-capability axis appears when the table has it."""
     title = "Restoration methods compared"
     rows = [r for r in (result or {}).get("table") or [] if isinstance(r, dict) and "model" in r]
     if not rows:
         return no_data(title)
+    metrics = [k for k in COMPARISON_METRICS if k != "general_capability" or any(k in r for r in rows)]
     colours = model_colours([r["model"] for r in rows])
     fig = go.Figure()
     for r in rows:
+        ys = [_finite(r.get(k)) for k in metrics]
+        cis = [_ci_bounds(r.get(f"{k}_ci")) for k in metrics]
+        error = None
+        if any(cis):
+            error = dict(
+                type="data",
+                symmetric=False,
+                array=[ci[1] - y if ci and y is not None else 0 for ci, y in zip(cis, ys)],
+                arrayminus=[y - ci[0] if ci and y is not None else 0 for ci, y in zip(cis, ys)],
+                color="#555555",
+                thickness=1.5,
+            )
         fig.add_trace(
             go.Bar(
-                x=list(COMPARISON_METRICS.values()),
-                y=[_finite(r.get(k)) for k in COMPARISON_METRICS],
+                x=[COMPARISON_METRICS[k] for k in metrics],
+                y=ys,
+                error_y=error,
                 name=_label(r["model"]),
                 marker_color=colours[r["model"]],
                 texttemplate="%{y:.0f}",
                 textposition="outside",
             )
         )
-    fig.update_xaxes(title_text="metric")
-    fig.update_yaxes(title_text="rate (%)", range=[0, 110])
+    fig.update_xaxes(title_text="metric (harm · over-refusal · utility)")
+    fig.update_yaxes(title_text="rate (%)" + (", 95% CI" if any(f"{k}_ci" in r for r in rows for k in metrics) else ""))
+    fig.update_yaxes(range=[0, 115])
     return _finish(fig, title, barmode="group")
 
 
