@@ -7,6 +7,7 @@ import streamlit as st
 import core.restoration.methods  # noqa: F401  (importing it registers every method)
 from core.base.paths import is_adapter_dir
 from core.present import figures
+from core.restoration.methods.curvature import iteration_table, pair_table
 from core.restoration.registry import METHODS, settable
 from core.restoration.store import list_runs
 from core.world.eval_options import EvalOptions
@@ -72,6 +73,18 @@ def live_steps(events: list) -> None:
         ui.chart(figures.restoration_live({"steps": steps}), "restoration-live")
 
 
+def curvature_pairs(notes: dict) -> None:
+    """The curvature method's L-BFGS pairs (B.1) and each iteration's step (B.2), when the run has them."""
+    if pair_table(notes):
+        st.caption(
+            "L-BFGS pairs (B.1): every attempted pair's s·y, norms and the filter that fired; per iteration "
+            "the L2 shift λ, the damping μ, cos(direction, gradient) (1 means plain gradient ascent) and "
+            "the step chosen on the validation split (B.2)."
+        )
+        ui.table(iteration_table(notes))
+        ui.table(pair_table(notes))
+
+
 def run_tab() -> None:
     """Pick a method and its parameters, launch it, watch it, see its before/after."""
     finetuned = ui.pair()["finetuned"]
@@ -91,6 +104,7 @@ def run_tab() -> None:
             f"restored weights in {record['restored']}"
         )
         ui.table(figures.before_after_table(record))
+        curvature_pairs(record.get("notes") or {})
         ui.figure(figures.restoration_live(record), f"restoration-{method}", key=f"restoration-{record['id']}")
 
 

@@ -243,3 +243,25 @@ def test_report_collects_cached_answers_and_offers_downloads():
     assert charts(at) == 0 and len(at.get("download_button")) == 2, "figures are drawn only on request"
     at.toggle[0].set_value(True).run()
     assert charts(at) >= 5 and len(at.get("download_button")) >= 2 + 3 * 5
+
+
+def test_restoration_page_shows_the_curvature_pairs():
+    """A curvature run's notes show per iteration (lambda, mu, cos, chosen step) and per pair
+    (s.y, norms, filter) tables under the before/after table."""
+    at = page("restoration")
+    pair = {"set": "forget", "batch": 0, "lr": 0.001, "sy": 0.5, "s_norm": 1.0, "y_norm": 0.7, "curvature": 0.5}
+    iteration = {
+        "lambda": 1.0,
+        "damping": 0.1,
+        "cos_direction_gradient": 0.93,
+        "pair_counts": {"kept": 1, "negative curvature": 1},
+        "chosen_multiple": 1.0,
+        "step_norm": 0.3,
+        "pairs": [{**pair, "filter": "kept"}, {**pair, "batch": 1, "sy": -0.1, "filter": "negative curvature"}],
+    }
+    record = {**restoration_record(), "wall_s": 12.0, "restored": "/tmp/r", "notes": {"iterations": [iteration]}}
+    plant(page_argv(at, "restoration"), record)
+    at.run()
+    assert not at.exception and len(at.table) == 3
+    pairs = at.table[2].value.to_string()
+    assert "negative curvature" in pairs and "kept" in pairs

@@ -517,6 +517,49 @@ def _fixed_step(obj: LoraObjective, data, theta: torch.Tensor, step: torch.Tenso
     return {"forget_loss": forget1, "retain_loss": retain1, "step_norm": float(step.norm())}
 
 
+def pair_table(notes: dict) -> list[dict]:
+    """One row per attempted L-BFGS pair of a run's notes (B.1): subset, batch, rate, ``s.y``,
+    ``||s||``, ``||y||``, the curvature ``s.y / ||s||^2`` and the filter that fired; plus, per
+    iteration, the shift and the chosen step. Empty for a run without pairs."""
+    rows = []
+    for i, it in enumerate(notes.get("iterations") or [], 1):
+        for p in it.get("pairs") or []:
+            rows.append(
+                {
+                    "iteration": i,
+                    "subset": p.get("set"),
+                    "batch": p.get("batch"),
+                    "learning rate": p.get("lr"),
+                    "s·y": p.get("sy"),
+                    "‖s‖": p.get("s_norm"),
+                    "‖y‖": p.get("y_norm"),
+                    "curvature s·y/‖s‖²": p.get("curvature"),
+                    "filter": p.get("filter"),
+                }
+            )
+    return rows
+
+
+def iteration_table(notes: dict) -> list[dict]:
+    """Per iteration: lambda_t, the damping mu, cos(d, g) (1: the update is the plain gradient)
+    and B.2's chosen grid multiple with its validation losses."""
+    return [
+        {
+            "iteration": i,
+            "lambda": it.get("lambda"),
+            "damping mu": it.get("damping"),
+            "cos(direction, gradient)": it.get("cos_direction_gradient"),
+            "pairs kept": (it.get("pair_counts") or {}).get("kept", 0),
+            "grid multiple": it.get("chosen_multiple"),
+            "step norm": it.get("step_norm"),
+            "validation forget loss": it.get("validation_forget"),
+            "validation retain loss": it.get("validation_retain"),
+            "stopped": it.get("stopped", ""),
+        }
+        for i, it in enumerate(notes.get("iterations") or [], 1)
+    ]
+
+
 @register(
     "curvature",
     InfluenceConfig,
