@@ -96,6 +96,10 @@ def cards(metrics: dict) -> None:
                 st.metric(label, f"{m[key]:.1f}%")
                 if ci := m.get("intervals", {}).get(key):
                     st.caption(f"95% CI {ci['ci_low']:.1f}–{ci['ci_high']:.1f} · n = {ci['n']}")
+            if "general_capability" in m:  # evaluate's answer: mean lm-eval acc over the six tasks
+                st.metric("General capability (mean acc)", f"{m['general_capability']:.1f}%")
+                ci = m["intervals"]["general_capability"]
+                st.caption(f"95% CI {ci['ci_low']:.1f}–{ci['ci_high']:.1f} · n = {ci['n']} items")
 
 
 choose_pair()

@@ -114,6 +114,8 @@ def test_evaluate_pair_json_in_process(tmp_path, tiny_model_dir, tiny_adapter_di
             "core.world.judge:keyword_judge",
             "--show-examples",
             "1",
+            "--capability-items",
+            "2",
             "--json",
         ]
     )
@@ -121,10 +123,15 @@ def test_evaluate_pair_json_in_process(tmp_path, tiny_model_dir, tiny_adapter_di
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     assert set(result) == {"base", "finetuned", "models"}
+    numbers = {*NUMBERS, "general_capability", "extra_harmful_rate", "extra_prefill_asr"}
     for name in ("base", "finetuned"):
-        assert set(result[name]) == set(NUMBERS) | {"extra_harmful_rate", "extra_prefill_asr", "intervals"}
-        assert set(result[name]["intervals"]) >= set(NUMBERS), "every rate carries its interval"
-        assert all(isinstance(v, (int, float)) and 0 <= v <= 100 for k, v in result[name].items() if k != "intervals")
+        assert set(result[name]) == numbers | {"intervals", "capability"}
+        assert set(result[name]["intervals"]) >= {*NUMBERS, "general_capability"}, "every rate carries its interval"
+        assert all(isinstance(result[name][k], (int, float)) and 0 <= result[name][k] <= 100 for k in numbers)
+        # lm-eval's metric names per task, with intervals; BoolQ and Winogrande report acc only
+        tasks = result[name]["capability"]["tasks"]
+        assert set(tasks["arc_easy"]) == {"acc", "acc_norm", "n"} and set(tasks["boolq"]) == {"acc", "n"}
+        assert tasks["arc_easy"]["n"] == 2 and {"ci_low", "ci_high"} <= set(tasks["arc_easy"]["acc"])
     assert result["models"]["base"]["base"] == str(tiny_model_dir) and result["models"]["base"]["finetuned"] is None
     assert result["models"]["finetuned"]["finetuned"] == str(tiny_adapter_dir)
     assert result["models"]["finetuned"]["device"] == "cpu"

@@ -46,6 +46,7 @@ COLUMN_NAMES = {
     "over_refusal_borderline": "Over-refusal, borderline (%)",
     "extra_harmful_rate": "Harmful rate, your prompts (%)",
     "extra_prefill_asr": "Prefill attack success, your prompts (%)",
+    "general_capability": "General capability, mean acc (%)",
     "visage": "VISAGE",
     "wall_s": "Wall time (s)",
 }
