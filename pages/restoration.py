@@ -150,6 +150,8 @@ def trajectories_tab() -> None:
     result = ui.analysis(["trajectory", *ui.pair_args()], "trajectory comparison", remember="trajectory")
     if result:
         ui.figure(figures.trajectory_contour(result), "optimizer-trajectories")
+        if note := (result.get("restoration runs") or {}).get("note"):
+            st.caption(f"The plane of the actual restoration runs is drawn once they are stored: {note}.")
 
 
 SECTIONS = {"Run a method": run_tab, "All runs": runs_tab, "Comparison": compare_tab, "Trajectories": trajectories_tab}

@@ -283,6 +283,18 @@ def test_trajectory_contour_per_learning_rate_with_paths():
     assert fig.layout.xaxis.title.text == "PC1 (73.0% var)" and fig.layout.yaxis.title.text == "PC2 (20.0% var)"
 
 
+def test_trajectory_contour_adds_the_stored_restoration_runs_last():
+    result = trajectory_result()
+    with_runs = {"restoration runs": dict(result["0.01"]), **result}
+    fig = F.trajectory_contour(with_runs)
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == ["learning rate 0.01", "learning rate 0.05", "restoration runs (as restored)"]
+    assert len([t for t in fig.data if isinstance(t, go.Scatter)]) == 6
+    # runs not stored yet: no panel
+    missing = F.trajectory_contour({**result, "restoration runs": {"missing": ["curvature"], "note": "run it"}})
+    assert len(missing.layout.annotations) == 2
+
+
 def test_comparison_bars_one_trace_per_model():
     result = compare_result()
     fig = F.comparison_bars(result)

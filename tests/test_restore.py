@@ -176,6 +176,42 @@ def test_cli_compare_table_and_trajectory_on_the_tiny_pair(tiny_model_dir, tiny_
     assert 0 < sum(plane["explained_variance"]) <= 1 + 1e-9
 
 
+def test_restoration_plane_of_the_stored_runs(tiny_model_dir, tiny_adapter_dir, monkeypatch):
+    """The actual runs' snapshots, curvature and gradient-ascent, in one PCA plane fitted on both."""
+    import numpy as np
+    from sklearn.decomposition import PCA
+
+    import core.restoration.data
+    from core.restoration.trajectory import TrajectoryConfig, restoration_plane
+
+    pair = _pair(tiny_model_dir, tiny_adapter_dir)
+    monkeypatch.setattr(
+        "core.restoration.trajectory.restoration_data",
+        lambda spec, seed: core.restoration.data.restoration_data(spec, seed, SMALL["data"]),
+    )
+    requests = {
+        "curvature": RunRequest(
+            "curvature", InfluenceConfig(iterations=2, pairs=2, batch_size=4), evaluate=False, **SMALL
+        ),
+        "gradient-ascent": RunRequest(
+            "gradient-ascent", method("gradient-ascent").config(iterations=1, batch_size=4), evaluate=False, **SMALL
+        ),
+    }
+    config = TrajectoryConfig(grid=3, examples=2)
+    assert restoration_plane(pair, 0, config, requests)["missing"] == ["curvature", "gradient-ascent"]
+    records = {name: restore(pair, r) for name, r in requests.items()}
+    plane = restoration_plane(pair, 0, config, requests)
+    assert plane["runs"] == {name: r["id"] for name, r in records.items()}
+    snapshots = {name: trajectory(r) for name, r in records.items()}
+    reference = PCA(n_components=2).fit(np.concatenate(list(snapshots.values())))
+    for name, snaps in snapshots.items():  # one plane for both paths (PCA signs are arbitrary)
+        np.testing.assert_allclose(
+            np.abs(np.array(plane["paths"][name])), np.abs(reference.transform(snaps)), rtol=1e-3, atol=1e-5
+        )
+    assert 0 < sum(plane["explained_variance"]) <= 1 + 1e-9
+    assert len(plane["objective"]) == 3 and len(plane["objective"][0]) == 3
+
+
 def test_visage_before_after_is_stored_in_the_record(tiny_model_dir, tiny_adapter_dir, monkeypatch):
     from core.restoration.runner import add_visage
 

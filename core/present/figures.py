@@ -932,7 +932,8 @@ PATH_COLOURS = {"curvature": "#000000", "gradient-ascent": "#D55E00"}
 
 
 def trajectory_contour(result: dict | None) -> go.Figure:
-    """Per learning rate, the objective J = L_forget − L_retain over the PCA plane and both paths."""
+    """Per learning rate, the objective J = L_forget − L_retain over the PCA plane and both paths; a
+    non-numeric key (the stored restoration runs' plane) is drawn last, titled by its name."""
     title = "Restoration paths over J = L_forget − L_retain (★ = end)"
     lrs = sorted(
         (lr for lr, r in (result or {}).items() if isinstance(r, dict) and (r.get("objective") or r.get("paths"))),
@@ -940,9 +941,8 @@ def trajectory_contour(result: dict | None) -> go.Figure:
     )
     if not lrs:
         return no_data(title)
-    fig = make_subplots(
-        rows=1, cols=len(lrs), subplot_titles=[f"learning rate {lr}" for lr in lrs], horizontal_spacing=0.08
-    )
+    names = [f"learning rate {lr}" if _finite(lr) is not None else f"{lr} (as restored)" for lr in lrs]
+    fig = make_subplots(rows=1, cols=len(lrs), subplot_titles=names, horizontal_spacing=0.08)
     grids = {lr: _grid(result[lr].get("objective")) for lr in lrs}
     bounds = _range(grids.values())
     for col, lr in enumerate(lrs, start=1):

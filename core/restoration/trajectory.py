@@ -6,6 +6,12 @@ iteration. Per learning rate, PCA (scikit-learn) of all snapshots of both runs g
 plane; the combined objective ``J = L_forget - L_retain`` (higher is better: forget loss up,
 retain loss down) is evaluated on a grid over that plane for the contour, and each run's path
 is projected onto it.
+
+Beside them (``restoration``, on by default), the same view of the actual restoration runs: the
+stored default ``curvature`` and ``gradient-ascent`` runs of this pair and seed (as ``restore`` and
+``compare`` make them: trust region, B.2 step), both paths in one PCA plane fitted on both runs'
+snapshots, over the same objective. Runs that are not stored yet are named, not started (each is a
+full restoration with its evaluation).
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ from core.base.progress import Progress
 from core.restoration.data import restoration_data
 from core.restoration.methods.curvature import GradientAscentConfig, InfluenceConfig, LoraObjective
 from core.restoration.monitor import MonitorConfig
-from core.restoration.runner import RunRequest, restore
-from core.restoration.store import trajectory
+from core.restoration.registry import method
+from core.restoration.runner import RunRequest, restore, run_id
+from core.restoration.store import load_record, trajectory
 from core.world.models import ModelSpec, fingerprint, load_model, load_tokenizer
 
 # The paths are what these runs are for; a lighter per-step monitor keeps four runs affordable.
@@ -39,6 +46,9 @@ class TrajectoryConfig:
     grid: int = option(7, "contour points per axis", low=3, high=51)
     margin: float = 0.25  # grid extends this fraction beyond the paths' range on each side
     examples: int = 16  # forget and retain examples per contour point
+    restoration: bool = option(
+        True, "also the plane of the stored default curvature and gradient-ascent restoration runs"
+    )
 
     def runs(self) -> list[tuple[str, float, InfluenceConfig]]:
         out = []
@@ -90,7 +100,8 @@ def trajectory_comparison(
     if config.grid < 3:
         raise InputError(f"Contour grid {config.grid} is too small.", "use --grid 3 or more.")
     progress = progress or Progress()
-    key = {"models": [fingerprint(s) for s in pair.values()], "seed": seed, "config": asdict(config)}
+    fixed = {k: v for k, v in asdict(config).items() if k != "restoration"}  # the fixed-rate runs' part
+    key = {"models": [fingerprint(s) for s in pair.values()], "seed": seed, "config": fixed}
 
     def compute() -> dict:
         runs = config.runs()
@@ -124,5 +135,57 @@ def trajectory_comparison(
         return out
 
     result = memoize("trajectory-v2", key, compute)  # v2: B.1 pairs and B.2 grid in the curvature runs
+    if config.restoration:
+        result = {**result, RESTORATION: restoration_plane(pair, seed, config, progress=progress.stage(0.95, 1.0))}
     progress.update(1.0, "trajectories done", result)
     return result
+
+
+RESTORATION = "restoration runs"  # the result's key of the actual runs' plane (beside the learning rates)
+PATH_METHODS = ("curvature", "gradient-ascent")
+
+
+def restoration_plane(
+    pair: dict[str, ModelSpec],
+    seed: int = 0,
+    config: TrajectoryConfig = TrajectoryConfig(),
+    requests: dict[str, RunRequest] | None = None,
+    progress: Progress | None = None,
+) -> dict:
+    """The stored runs of ``requests`` (default: each of ``PATH_METHODS`` with its default config, the
+    runs ``restore`` and ``compare`` make) in one PCA plane fitted on both runs' snapshots, over the
+    objective contour; ``{"missing": [...]}`` naming the runs not stored (done, with snapshots) yet."""
+    progress = progress or Progress()
+    requests = requests or {name: RunRequest(name, method(name).config(), seed) for name in PATH_METHODS}
+    records = {name: load_record(run_id(pair, r)) for name, r in requests.items()}
+    missing = [
+        name for name, rec in records.items() if not rec or rec.get("status") != "done" or trajectory(rec) is None
+    ]
+    if missing:
+        return {"missing": missing, "note": "run " + ", ".join(f"`restore --method {m}`" for m in missing) + " first"}
+    key = {
+        "runs": {name: rec["id"] for name, rec in records.items()},
+        "grid": config.grid,
+        "margin": config.margin,
+        "examples": config.examples,
+    }
+
+    def compute() -> dict:
+        paths = {name: trajectory(rec) for name, rec in records.items()}
+        pca, projected = _plane(paths)
+        data = restoration_data(pair["finetuned"], seed)
+        obj = LoraObjective(load_model(pair["finetuned"]), load_tokenizer(pair["finetuned"]), 16)
+        contour = _contour(
+            obj, pca, projected, data.forget[: config.examples], data.retain[: config.examples], config, progress
+        )
+        return {
+            "paths": {name: p.tolist() for name, p in projected.items()},
+            "explained_variance": pca.explained_variance_ratio_.tolist(),
+            "runs": key["runs"],
+            "steps": {name: len(p) for name, p in paths.items()},
+            "final_forget_loss": {name: rec["steps"][-1]["forget_loss"] for name, rec in records.items()},
+            "final_retain_loss": {name: rec["steps"][-1]["retain_loss"] for name, rec in records.items()},
+            **contour,
+        }
+
+    return memoize("trajectory-runs-v1", key, compute)
