@@ -7,6 +7,7 @@ Each method module registers itself with ``@register`` (as peft's ``register_pef
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Callable
 
@@ -71,7 +72,28 @@ def parse_config(m: Method, overrides: dict[str, str]) -> Any:
                 f"Method '{m.name}' has no parameter '{key}' settable here.", f"use one of: {', '.join(current)}."
             )
         values[name] = _convert(key, raw, current[name])
+        _check_bounds(m, key, raw, values[name], current[name])
     return m.config(**values)
+
+
+def _check_bounds(m: Method, key: str, raw: str, value: Any, default: Any) -> None:
+    """Numbers must be finite, within the field's declared ``low``/``high`` (``option`` metadata)
+    where it has them, and not negative where the default is not (a count, rate or radius)."""
+    meta = next((f.metadata for f in fields(m.config) if f.name == key.replace("-", "_")), {})
+    items = value if isinstance(value, tuple) else (value,)
+    defaults = default if isinstance(default, tuple) else (default,)
+    floor = 0 if all(isinstance(d, (int, float)) and not isinstance(d, bool) and d >= 0 for d in defaults) else None
+    low = meta.get("low") if meta.get("low") is not None else floor
+    high = meta.get("high")
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if not math.isfinite(v) or (low is not None and v < low) or (high is not None and v > high):
+            bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+            raise InputError(
+                f"Parameter {key}={raw!r} of method '{m.name}' is not a finite number in {bounds}.",
+                f"pass a value in {bounds} (default {default}).",
+            )
 
 
 def _convert(key: str, raw: str, default: Any) -> Any:

@@ -179,7 +179,8 @@ class CapabilityConfig:
     batch_size: int = option(8, "sequences per forward pass (does not change the numbers)", low=1, high=256)
 
 
-def _check(config: CapabilityConfig) -> None:
+def check_config(config: CapabilityConfig) -> None:
+    """A one-line error for unknown tasks or out-of-range counts (before any model loads)."""
     unknown = [t for t in config.tasks if t not in TASKS]
     if unknown or not config.tasks:
         raise InputError(
@@ -404,7 +405,7 @@ def capability(
     the per-item ``correct`` / ``correct_norm`` flags and choice log-likelihoods (``lls``) and item
     ``ids``; plus ``mean_acc`` over the tasks. Each task is memoised on (model, dtype, items)."""
     progress = progress or Progress()
-    _check(config)
+    check_config(config)
     dtype = str(next(model.parameters()).dtype)
     chosen = {task: sample_items(task, config.items) for task in config.tasks}
     weights = {t: sum(len(c) + len(x) for it in items for c, x in it.requests) for t, items in chosen.items()}
@@ -450,7 +451,7 @@ def capability_of_pair(pair: dict, config: CapabilityConfig, progress: Progress 
     """``capability`` of each model of a ``{"base": spec, "finetuned": spec}`` pair, one model loaded
     at a time (LoRA merged for speed: the same function of the input, up to float rounding)."""
     progress = progress or Progress()
-    _check(config)
+    check_config(config)
     for spec in pair.values():
         validate(spec)
     out = {}

@@ -177,10 +177,19 @@ def fingerprint(examples: list[Example]) -> str:
     return stable_hash([asdict(e) for e in examples])
 
 
+MAX_FILE_BYTES = 4 * 2**20  # a prompts or dataset file larger than 4 MiB is refused before it is read
+MAX_ROWS = 10_000  # and one with more prompts (each costs a generation: 10,000 take hours on a CPU)
+
+
 def _read_text(path: Path, what: str) -> str:
     if not path.is_file():
         raise InputError(
             f"{what} '{path}' does not exist or is not a regular file.", "pass the path of an existing file."
+        )
+    if (size := path.stat().st_size) > MAX_FILE_BYTES:
+        raise InputError(
+            f"{what} '{path}' is {size / 2**20:.1f} MiB, above the {MAX_FILE_BYTES // 2**20} MiB cap.",
+            f"pass a sample of at most {MAX_ROWS:,} prompts.",
         )
     try:
         return path.read_bytes().decode("utf-8-sig")
@@ -197,7 +206,13 @@ def load_prompts_file(path: str | Path) -> list[Example]:
     prompts = [ln for ln in lines if ln]
     if not prompts:
         raise InputError(f"Prompts file '{path}' has no prompts.", "write one prompt per line.")
+    _check_rows(len(prompts), path, "Prompts file")
     return [Example(p, None, "user", path.name, f"file:{i}") for i, p in enumerate(prompts)]
+
+
+def _check_rows(n: int, path: Path, what: str) -> None:
+    if n > MAX_ROWS:
+        raise InputError(f"{what} '{path}' has {n:,} prompts, above the cap of {MAX_ROWS:,}.", "pass a sample of them.")
 
 
 def _jsonl_rows(text: str, path: Path) -> list[dict]:
@@ -239,6 +254,7 @@ def load_dataset_file(
         raise InputError(f"Dataset '{path}' has unknown extension '{path.suffix}'.", "use a .jsonl or .csv file.")
     if not rows:
         raise InputError(f"Dataset '{path}' is empty.", "add at least one row with a prompt.")
+    _check_rows(len(rows), path, "Dataset")
     for i, row in enumerate(rows):
         if None in row:
             raise InputError(
@@ -248,7 +264,7 @@ def load_dataset_file(
     if prompt_column not in columns:
         raise InputError(
             f"Dataset '{path}' has no column '{prompt_column}' (columns: {', '.join(columns)}).",
-            "rename the column or pass --prompt-column.",
+            f"rename the prompt column to '{prompt_column}'.",
         )
     out = []
     for i, row in enumerate(rows):
