@@ -162,3 +162,120 @@ def test_orphan_temporaries_of_dead_writers_are_removed():
         d.mkdir(parents=True)
     removed = clean_orphans()
     assert dead in removed and not dead.exists() and alive.exists()
+
+
+# ---------------------------------------------------------------------------- disk full, kill -9
+def _fill_disk(kind: str):
+    """A write that fails as a full disk does: diskcache's value file (OSError ENOSPC) or its
+    sqlite row (``database or disk is full``)."""
+    import errno
+
+    def fail(*args, **kwargs):
+        if kind == "file":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise sqlite3.OperationalError("database or disk is full")
+
+    return fail
+
+
+@pytest.mark.parametrize("kind", ["file", "sqlite"])
+def test_a_disk_full_write_ends_the_job_failed_with_one_line(kind, monkeypatch):
+    """The job's answer cannot be stored: its state says failed in one line, no answer and no
+    temporary is left, and the same job runs again once there is room."""
+    import diskcache
+
+    import core.service.commands as commands
+    from core.service import jobs
+
+    argv = ["correlate", "--n", "971", "--threads", "1"]
+    d = jobs._dir(argv)
+    d.mkdir(parents=True, exist_ok=True)
+    jobs._write(d, jobs.JobState(jobs.job_id(argv), argv, status="starting"))
+    monkeypatch.setattr(jobs, "_wait_for_slot", lambda *a: None)  # in-process: hold no slot after the test
+    monkeypatch.setattr(commands, "execute", lambda argv, *a: memoize("disk-full", {"kind": kind}, lambda: {"r": 1.0}))
+    monkeypatch.setattr(diskcache.Cache, "__setitem__", _fill_disk(kind))
+    assert jobs.run(d) == 1
+    state = json.loads((d / "state.json").read_text())
+    assert state["status"] == "failed" and state["result"] is None and state["partials"] == []
+    assert "\n" not in state["error"] and "could not write" in state["error"] and "Fix:" in state["error"]
+    assert not list(d.glob(".tmp-*")), "no half-written state"
+    monkeypatch.undo()
+    with results_store() as store:
+        assert not any(k.startswith("disk-full:") for k in store.iterkeys()), "no half-written answer"
+
+
+def test_a_disk_full_write_on_the_command_line_is_one_line(monkeypatch, capsys):
+    import diskcache
+
+    import core.cli as cli
+
+    monkeypatch.setattr(cli, "execute", lambda argv, **kw: memoize("disk-full-cli", {}, lambda: {"r": 1.0}))
+    monkeypatch.setattr(diskcache.Cache, "__setitem__", _fill_disk("sqlite"))
+    assert cli.main(["correlate", "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "could not write" in err and "Traceback" not in err
+
+
+def test_a_really_full_disk_keeps_the_results_store(tmp_path, monkeypatch):
+    """On a 1 MiB tmpfs (where mounting is allowed): a value that does not fit fails with a
+    write error, leaves no partial value file, and the store is not mistaken for damaged."""
+    import subprocess
+
+    import numpy as np
+
+    from core.base.errors import write_failure
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root, or no CAP_SYS_ADMIN); the injected faults cover it")
+    try:
+        monkeypatch.setenv("SAFETY_CACHE_DIR", str(mnt / "cache"))
+        assert memoize("full", {"small": 1}, lambda: {"r": 0.5}) == {"r": 0.5}
+        with pytest.raises((OSError, sqlite3.OperationalError)) as err:
+            memoize("full", {"big": 1}, lambda: {"grid": np.ones(300_000)})
+        assert write_failure(err.value) is not None
+        assert not list((mnt / "cache").glob("results.damaged-*")), "a full disk is not a damaged database"
+        assert not [p for p in (mnt / "cache" / "results").rglob("*.val")], "no partial value file"
+        assert memoize("full", {"small": 1}, lambda: pytest.fail("recomputed")) == {"r": 0.5}, "earlier results kept"
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _wait(argv, until, timeout: float = 240.0):
+    import time
+
+    from core.service import jobs
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = jobs.status(argv)
+        if until(state):
+            return state
+        time.sleep(0.3)
+    raise AssertionError(f"{argv}: still {jobs.status(argv).status} after {timeout} s")
+
+
+def test_kill_9_mid_job_leaves_a_readable_state_and_a_rerun_completes(tiny_model_dir, tiny_adapter_dir):
+    import signal
+
+    from core.base.process import process_alive
+    from core.service import jobs
+
+    pair = ["--base", str(tiny_model_dir), "--finetuned", str(tiny_adapter_dir), "--threads", "1"]
+    argv = ["landscape", *pair, "--grid", "5", "--samples", "2", "--no-floor"]
+    first = jobs.submit(argv)
+    running = _wait(argv, lambda s: s.partials or not s.active)
+    assert running.status == "running", running
+    os.kill(first.pid, signal.SIGKILL)
+    _wait(argv, lambda s: not process_alive(first.pid), timeout=30)
+    state = json.loads((jobs._dir(argv) / "state.json").read_text())  # readable, not torn
+    assert state["status"] == "running"
+    seen = jobs.status(argv)
+    assert seen.status == "failed" and "\n" not in seen.error and "killed" in seen.error
+    assert jobs.cached_answer(argv) is None, "a killed job leaves no answer"
+    again = jobs.submit(argv)
+    assert again.pid != first.pid
+    done = _wait(argv, lambda s: not s.active)
+    assert done.status == "done", done.error
+    assert len(done.result["surfaces"] if "surfaces" in done.result else done.result) > 0

@@ -156,6 +156,15 @@ class JSONDisk(diskcache.Disk):
             raise TypeError("the results store keeps JSON values, not files")
         return super().store(encode(value), False, key)
 
+    def _write(self, full_path: str, iterator: Any, mode: str, encoding: str | None = None) -> int | None:
+        """diskcache's value-file write; a failed one (disk full) leaves no partial file."""
+        try:
+            return super()._write(full_path, iterator, mode, encoding)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.remove(full_path)
+            raise
+
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
         self.legacy_read = False
         if read:
@@ -178,6 +187,8 @@ def results_store() -> diskcache.Cache:
     root = cache_dir() / "results"
     try:
         return diskcache.Cache(str(root), size_limit=2**34, disk=JSONDisk)
+    except sqlite3.OperationalError:  # full, locked, read-only: not damage, the caller reports it
+        raise
     except sqlite3.DatabaseError:
         root.replace(root.with_name(f"results.damaged-{int(time.time())}"))
         return diskcache.Cache(str(root), size_limit=2**34, disk=JSONDisk)
@@ -205,6 +216,8 @@ def stored(store: diskcache.Cache, key: str) -> Any:
     JSON store is rewritten as JSON."""
     try:
         value = store.get(key, default=MISSING)
+    except sqlite3.OperationalError:  # locked or full: the entry is not damaged
+        raise
     except DAMAGED:
         quarantine_entry(store, key)
         return MISSING
@@ -271,12 +284,15 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file via a temporary name and rename."""
+    """Write a text file via a temporary name and rename: readers see the old or the new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves the old file, no partial one
 
 
 def clean_orphans(root: Path | None = None) -> list[Path]:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from core.base.cache import atomic_write_text, stable_hash
-from core.base.errors import Cancelled, InputError
+from core.base.errors import Cancelled, InputError, write_failure
 from core.base.paths import PROJECT_ROOT, cache_dir
 from core.base.process import process_alive
 from core.service import answer_cache
@@ -255,13 +255,10 @@ def run(d: Path) -> int:
         state.status, state.message = "cancelled", "cancelled; nothing was written"
     except InputError as err:
         state.status, state.error = "failed", str(err)
-    except OSError as err:  # disk full, permissions: the job ends readable, with one line
-        state.status, state.error = (
-            "failed",
-            f"could not write ({err.strerror or err}). Fix: free disk space or check permissions.",
-        )
-    except Exception as err:  # a job must always end with a state a page can show
-        state.status, state.error = "failed", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    except Exception as err:  # a job must always end with a state a page can show, in one line
+        first = str(err).splitlines()[0] if str(err) else ""
+        state.status, state.error = "failed", write_failure(err) or f"{type(err).__name__}: {first}"
+        state.result, state.partials = None, []
     state.updated = time.time()
     _write_final(d, state)
     return 0 if state.status == "done" else 1
