@@ -159,3 +159,42 @@ def test_causal_lm_guard_reads_the_exchange_and_its_verdict(allowed, tiny_model_
     monkeypatch.setattr(judge, "model", lambda: Planted())
     assert judge(["p1", "p2", "p3"], ["r1", "r2", "r3"]) == [True, False, True]
     assert "p1" in seen[0] and "r1" in seen[0] and "p3" in seen[2]
+
+
+def test_a_runs_judge_reaches_its_monitor_and_its_visage(tiny_model_dir, tiny_adapter_dir, monkeypatch):
+    import sys
+    import types
+
+    from core.restoration.data import DataConfig
+    from core.restoration.monitor import MonitorConfig
+    from core.restoration.runner import add_visage, restore
+
+    for name, verdict in (("judges_all", True), ("judges_none", False)):
+        module = types.ModuleType(name)
+        exec(f"def judge(prompts, responses):\n    return [{verdict}] * len(responses)\n", module.__dict__)
+        monkeypatch.setitem(sys.modules, name, module)
+    small = dict(
+        data=DataConfig(forget=8, retain=8, curvature_batch=4, recovery=8, rollback=8, monitor=4, response_tokens=8),
+        monitor=MonitorConfig(harmful_tokens=4, task_tokens=4, loss_examples=4),
+        evaluate=False,
+    )
+    pair = {
+        "base": ModelSpec(str(tiny_model_dir), device="cpu"),
+        "finetuned": ModelSpec(str(tiny_model_dir), str(tiny_adapter_dir), device="cpu"),
+    }
+    config = method("interpolate").config()
+    rates = {}
+    for judge in ("judges_all:judge", "judges_none:judge"):
+        record = restore(pair, RunRequest("interpolate", config, judge=judge, **small))
+        rates[judge] = {step["harmful_rate"] for step in record["steps"]}
+        assert record["judge"] == judge_identity(judge)
+    assert rates == {"judges_all:judge": {100.0}, "judges_none:judge": {0.0}}
+    seen = {}
+
+    def fake_basin(models, prompts, config, progress=None):
+        seen["judge"] = config.judge
+        return {name: {"visage": 1.0} for name in models}
+
+    monkeypatch.setattr("core.restoration.runner.safety_basin", fake_basin)
+    add_visage(dict(record), 0, None, "judges_none:judge")
+    assert seen["judge"] == "judges_none:judge"

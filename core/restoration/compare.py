@@ -55,7 +55,8 @@ def compare(
     rows = [_row(name, summary(r), extra_cols, 0.0) for name, r in reports.items()]
     flags = {name: outcome_flags(r) for name, r in reports.items()}
     if visage:
-        basins = safety_basin(pair, harmful_splits(seed)["eval"], BasinConfig(seed=seed), progress.stage(0, 0.05))
+        basin_config = BasinConfig(seed=seed, judge=options.judge, judge_label=options.judge_label)
+        basins = safety_basin(pair, harmful_splits(seed)["eval"], basin_config, progress.stage(0, 0.05))
         for row in rows:
             row["visage"] = basins[row["model"]]["visage"]
     runs = {}
@@ -72,7 +73,7 @@ def compare(
         )
         record = restore(pair, request, extra, stage)
         if visage:
-            record = add_visage(record, seed, stage)
+            record = add_visage(record, seed, stage, options.judge, options.judge_label)
         runs[name] = record["id"]
         row = _row(name, {**record["after"], **record.get("after_extra", {})}, extra_cols, record["wall_s"])
         flags[name] = after_flags(record, stage)

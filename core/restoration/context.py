@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from core.base.progress import Progress
 from core.restoration.data import RestorationData
+from core.world.judge import Judge, keyword_judge
 from core.world.models import ModelSpec
 
 
@@ -21,3 +22,4 @@ class RestoreContext:
     record_step: Callable[..., dict]  # record_step(model, **extra) -> metrics; raises Cancelled
     progress: Progress
     seed: int = 0
+    judge: Judge = keyword_judge  # the run's harmfulness judge (a method's own harm checks use it)

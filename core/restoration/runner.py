@@ -216,13 +216,17 @@ def after_flags(record: dict, progress: Progress | None = None) -> dict[str, lis
     return outcome_flags(report)
 
 
-def add_visage(record: dict, seed: int = 0, progress: Progress | None = None) -> dict:
-    """Before/after VISAGE (the basin analysis of ``core.geometry.basin``, default config) of a finished
-    run, stored into its record; the fine-tuned model's basin is cached across runs."""
+def add_visage(
+    record: dict, seed: int = 0, progress: Progress | None = None, judge: str | None = None, judge_label: str = ""
+) -> dict:
+    """Before/after VISAGE (the basin analysis of ``core.geometry.basin``, default config, with the
+    run's judge) of a finished run, stored into its record; the fine-tuned model's basin is cached
+    across runs."""
     if "visage" in record.get("after", {}):
         return record
     models = {"before": ModelSpec(**record["finetuned_spec"]), "after": restored_spec(record)}
-    result = safety_basin(models, harmful_splits(seed)["eval"], BasinConfig(seed=seed), progress)
+    config = BasinConfig(seed=seed, judge=judge, judge_label=judge_label)
+    result = safety_basin(models, harmful_splits(seed)["eval"], config, progress)
     for name in models:
         record.setdefault(name, {})["visage"] = result[name]["visage"]
     atomic_write_text(
@@ -288,7 +292,9 @@ def restore(
     )
     (runs_dir() / rid).mkdir(parents=True, exist_ok=True)
     recorder.save()
-    ctx = RestoreContext(pair["base"], pair["finetuned"], tok, data, recorder, recorder.method_progress(), request.seed)
+    ctx = RestoreContext(
+        pair["base"], pair["finetuned"], tok, data, recorder, recorder.method_progress(), request.seed, judge
+    )
     t0 = time.monotonic()
     try:
         out = m.run(ctx, request.config)

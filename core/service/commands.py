@@ -29,8 +29,6 @@ from core.restoration.runner import RunRequest, add_visage, restore
 from core.restoration.store import runs_dir
 from core.restoration.trajectory import TrajectoryConfig, trajectory_comparison
 from core.service import answer_cache
-from core.service.inputs import check_inputs
-from core.service.inputs import params as _params
 from core.world.capability import CapabilityConfig, capability_of_pair
 from core.world.capability import summary as capability_summary
 from core.world.data import load_prompts_file
@@ -137,6 +135,16 @@ def cmd_evaluate(args: argparse.Namespace, progress: Progress) -> dict[str, Any]
                 for row in r[key]["examples"][: args.show_examples]:
                     print(f"[{name}/{key}] {row['prompt'][:80]!r} -> {row['response'][:120]!r}", file=sys.stderr)
     out["models"] = {name: spec.__dict__ for name, spec in pair.items()}
+    return out
+
+
+def _params(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"--param '{item}' is not KEY=VALUE.", "write it like --param epsilon=0.05.")
+        out[key.strip()] = value.strip()
     return out
 
 
@@ -249,7 +257,6 @@ def execute(
     in) the answer cache (``core.service.answer_cache``); in-process callers such as tests skip it.
     """
     args = parser().parse_args(argv)
-    check_inputs(args)  # every file, model, judge and method named, before any work
     clean_orphans()  # temporaries of killed builds; cheap globs
     key = answer_cache.answer_key(argv) if cached_answers else None
     result = answer_cache.lookup(key)

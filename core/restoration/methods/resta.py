@@ -37,7 +37,7 @@ from core.restoration.weights import (
 )
 from core.world.data import harmful_splits
 from core.world.generation import generate
-from core.world.judge import keyword_judge
+from core.world.judge import Judge
 from core.world.models import load_model
 
 VALIDATION_TOKENS = 24  # greedy tokens per validation prompt (refusals show in the first sentence)
@@ -115,19 +115,19 @@ def _choose_scale(ctx: RestoreContext, config: RestaConfig, model, base_model, b
     Candidates are tried by moving the model along v in fp32 per tensor (the final model is
     rebuilt exactly from the fine-tune afterwards)."""
     prompts = [e.prompt for e in harmful_splits(ctx.seed)["curvature"][: config.validation_prompts]]
-    trials = {"base": _harmful_rate(base_model, ctx.tokenizer, prompts)}
+    trials = {"base": _harmful_rate(base_model, ctx.tokenizer, prompts, ctx.judge)}
     current = 0.0
     for scale in sorted(config.candidates):
         step = scale - current
         apply_update(model, base, lambda name, p, b: p + step * (b - unaligned[name].detach().float()))
         current = scale
-        trials[str(scale)] = _harmful_rate(model, ctx.tokenizer, prompts)
+        trials[str(scale)] = _harmful_rate(model, ctx.tokenizer, prompts, ctx.judge)
         ctx.progress.update(0.9, f"resta scale {scale}: validation harmful {trials[str(scale)]:.0f}%")
         if trials[str(scale)] <= trials["base"] + config.margin:
             return scale, trials
     return current, trials
 
 
-def _harmful_rate(model, tokenizer, prompts: list[str]) -> float:
+def _harmful_rate(model, tokenizer, prompts: list[str], judge: Judge) -> float:
     answers = generate(model, tokenizer, prompts, VALIDATION_TOKENS, 32)
-    return 100.0 * sum(keyword_judge(prompts, answers)) / len(prompts)
+    return 100.0 * sum(judge(prompts, answers)) / len(prompts)
