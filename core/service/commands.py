@@ -29,6 +29,8 @@ from core.restoration.runner import RunRequest, add_visage, restore
 from core.restoration.store import runs_dir
 from core.restoration.trajectory import TrajectoryConfig, trajectory_comparison
 from core.service import answer_cache
+from core.service.inputs import check_inputs
+from core.service.inputs import params as _params
 from core.world.capability import CapabilityConfig, capability_of_pair
 from core.world.capability import summary as capability_summary
 from core.world.data import load_prompts_file
@@ -138,16 +140,6 @@ def cmd_evaluate(args: argparse.Namespace, progress: Progress) -> dict[str, Any]
     return out
 
 
-def _params(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise InputError(f"--param '{item}' is not KEY=VALUE.", "write it like --param epsilon=0.05.")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def _run_summary(record: dict) -> dict[str, Any]:
     keep = (
         "id",
@@ -185,7 +177,7 @@ def cmd_restore(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     )
     record = restore(pair_from_args(args, progress), request, extra, progress)
     if args.visage:
-        record = add_visage(record, args.seed, progress)
+        record = add_visage(record, args.seed, progress, options.judge, options.judge_label)
     return _run_summary(record)
 
 
@@ -257,6 +249,7 @@ def execute(
     in) the answer cache (``core.service.answer_cache``); in-process callers such as tests skip it.
     """
     args = parser().parse_args(argv)
+    check_inputs(args)  # every file, model, judge and method named, before any work
     clean_orphans()  # temporaries of killed builds; cheap globs
     key = answer_cache.answer_key(argv) if cached_answers else None
     result = answer_cache.lookup(key)
