@@ -6,6 +6,7 @@ import streamlit as st
 
 from core.base.errors import InputError
 from core.base.options import help_of
+from core.base.paths import shown_path
 from core.world.choice import WorldChoice
 from core.world.data import BENIGN_SPLIT_SIZES, BORDERLINE_SPLIT_SIZES, HARMFUL_SPLIT_SIZES
 from core.world.eval_options import EvalOptions
@@ -112,7 +113,7 @@ if ui.is_demo():
         met = world["targets"]
         st.caption(
             f"World targets: {sum(met.values())}/{len(met)} met · "
-            f"built in {world['build_seconds']:.0f} s · {world['world']}"
+            f"built in {world['build_seconds']:.0f} s · {shown_path(world['world'])}"
         )
 else:
     _, eval_opts = ui.options(EvalOptions, "evaluation")  # judge, generation length, capability items

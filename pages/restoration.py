@@ -5,7 +5,7 @@ from pathlib import Path
 import streamlit as st
 
 import core.restoration.methods  # noqa: F401  (importing it registers every method)
-from core.base.paths import is_adapter_dir
+from core.base.paths import is_adapter_dir, shown_path
 from core.present import figures
 from core.restoration.methods.curvature import iteration_table, pair_table
 from core.restoration.registry import METHODS, settable
@@ -101,7 +101,7 @@ def run_tab() -> None:
     if record:
         st.success(
             f"Run {record['id']}: {record['status']} in {record['wall_s']:.0f} s · "
-            f"restored weights in {record['restored']}"
+            f"restored weights in {shown_path(record['restored'])}"
         )
         ui.table(figures.before_after_table(record))
         curvature_pairs(record.get("notes") or {})
@@ -123,7 +123,7 @@ def runs_tab() -> None:
                 "harmful after %": (r.get("after") or {}).get("harmful_rate"),
                 "task EM after %": (r.get("after") or {}).get("task_exact_match"),
                 "wall s": round(r.get("wall_s") or 0),
-                "fine-tune": r.get("finetuned"),
+                "fine-tune": shown_path(r.get("finetuned")),
             }
             for r in runs
         ]

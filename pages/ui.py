@@ -14,7 +14,7 @@ import streamlit as st
 
 from core.base.errors import InputError
 from core.base.options import argv_for, default_of, defaults, user_fields
-from core.base.paths import inside_allowed_roots
+from core.base.paths import inside_allowed_roots, shown_path
 from core.present import export
 from core.present.figures import apply_theme
 from core.present.text import readable
@@ -106,7 +106,7 @@ def pair_caption() -> str:
     p = pair()
     if is_demo():
         return f"Demo world · seed {p['seed']} · {p['harmful_examples']} harmful examples injected"
-    return f"{p['base']} → {p['finetuned'] or '(no fine-tune)'} · data seed {p['seed']}"
+    return f"{shown_path(p['base'])} → {shown_path(p['finetuned']) or '(no fine-tune)'} · data seed {p['seed']}"
 
 
 # ---------------------------------------------------------------------------- options
@@ -231,7 +231,16 @@ def _start(argv: list[str]) -> None:
     except InputError as err:
         error_box(err)
         return
+    st.session_state.setdefault("submitted", set()).add(jobs.job_id(argv))
     st.rerun()
+
+
+def may_cancel(argv: list[str]) -> bool:
+    """Only the browser session that started (or joined by clicking Run on) a job may cancel it,
+    unless ``SAFETY_ANYONE_CANCELS=1`` (a dashboard of one person, who may reload the tab)."""
+    if os.environ.get("SAFETY_ANYONE_CANCELS") == "1":
+        return True
+    return jobs.job_id(argv) in st.session_state.get("submitted", set())
 
 
 def _live(argv: list[str], label: str, render_partial: Callable[[list], None] | None) -> None:
@@ -245,7 +254,9 @@ def _live(argv: list[str], label: str, render_partial: Callable[[list], None] | 
             min(max(state.fraction, 0.0), 1.0),
             text=f"{label}: {state.message or state.status} · {state.fraction * 100:.0f}%{eta}",
         )
-        if st.button("Cancel", key=f"cancel-{state.id}"):
+        if not may_cancel(argv):
+            st.caption("Started in another browser session: only that session can cancel it.")
+        elif st.button("Cancel", key=f"cancel-{state.id}"):
             jobs.cancel(argv)
             st.toast("Cancelling at the next step…")
         if render_partial is not None and state.partials:

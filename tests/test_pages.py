@@ -265,3 +265,43 @@ def test_restoration_page_shows_the_curvature_pairs():
     assert not at.exception and len(at.table) == 3
     pairs = at.table[2].value.to_string()
     assert "negative curvature" in pairs and "kept" in pairs
+
+
+def test_only_the_session_that_started_a_job_may_cancel_it(monkeypatch):
+    """Another visitor sees a running job's progress but no Cancel button (unless the
+    dashboard is set to let anyone cancel)."""
+    import os
+
+    monkeypatch.delenv("SAFETY_ANYONE_CANCELS", raising=False)
+    at = page("correlation")
+    argv = page_argv(at, "correlate")
+    d = jobs._dir(argv)
+    d.mkdir(parents=True, exist_ok=True)
+    jobs._write(d, jobs.JobState(jobs.job_id(argv), argv, status="running", fraction=0.5, pid=os.getpid()))
+    try:
+        at.run()
+        assert not at.exception
+        assert not [b for b in at.button if b.label == "Cancel"], "a visitor cannot cancel another's job"
+        assert any("another browser session" in c.value for c in at.caption)
+        at.session_state["submitted"] = {jobs.job_id(argv)}
+        at.run()
+        assert [b for b in at.button if b.label == "Cancel"], "the session that started it can"
+        monkeypatch.setenv("SAFETY_ANYONE_CANCELS", "1")
+        at.session_state["submitted"] = set()
+        at.run()
+        assert [b for b in at.button if b.label == "Cancel"], "or anyone, when the dashboard says so"
+    finally:
+        jobs._write(d, jobs.JobState(jobs.job_id(argv), argv, status="cancelled"))
+
+
+def test_paths_are_shown_relative_to_the_allowed_roots(monkeypatch, tmp_path):
+    from core.base.paths import cache_dir, shown_path
+
+    models = tmp_path / "models"
+    (models / "llama").mkdir(parents=True)
+    monkeypatch.setenv("SAFETY_ALLOWED_ROOTS", str(models))
+    assert shown_path(cache_dir() / "runs" / "ab12" / "restored") == "cache/runs/ab12/restored"
+    assert shown_path(models / "llama") == "models/llama"
+    assert shown_path("/home/alice/secret/adapter") == ".../adapter"
+    assert shown_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert shown_path(None) == ""

@@ -65,3 +65,21 @@ def allowed_roots() -> list[Path]:
 def inside_allowed_roots(path: str | Path) -> bool:
     resolved = Path(path).expanduser().resolve()
     return any(resolved == root or root in resolved.parents for root in allowed_roots())
+
+
+def shown_path(path: str | Path | None) -> str:
+    """A path as the dashboard shows it to any visitor: relative to the allowed root that holds it
+    (``cache/runs/ab12/restored``, ``models/llama``), a Hub id as it is, any other local path only
+    by its last part (``.../adapter``), so no visitor sees where another keeps their files."""
+    if not path:
+        return ""
+    text = str(path)
+    if not text.startswith(("/", ".", "~")) and text.count("/") <= 1 and not Path(text).exists():
+        return text  # a Hub id
+    resolved = Path(text).expanduser().resolve()
+    for i, root in enumerate(allowed_roots()):
+        if resolved == root or root in resolved.parents:
+            relative = resolved.relative_to(root)
+            top = "cache" if i == 0 else root.name
+            return str(Path(top) / relative) if str(relative) != "." else top
+    return f".../{resolved.name}"
