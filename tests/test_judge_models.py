@@ -82,7 +82,7 @@ def test_random_classifier_reads_prompt_and_response_as_a_pair(allowed):
 def test_identity_changes_with_the_weights_and_the_label(allowed):
     folder = save_classifier(allowed / "judge", (-9.0, 9.0))
     first = judge_identity(str(folder))
-    assert first.startswith(f"classifier:{folder}@") and first.endswith("label=1")
+    assert first.startswith(f"classifier:{folder}@") and "|label=1|" in first
     assert judge_identity(str(folder), "safe") != first
     save_classifier(folder, (9.0, -9.0))  # same folder, new weights: a new judge, not the cached one
     assert judge_identity(str(folder)) != first
@@ -198,3 +198,35 @@ def test_a_runs_judge_reaches_its_monitor_and_its_visage(tiny_model_dir, tiny_ad
     monkeypatch.setattr("core.restoration.runner.safety_basin", fake_basin)
     add_visage(dict(record), 0, None, "judges_none:judge")
     assert seen["judge"] == "judges_none:judge"
+
+
+def test_a_decoder_classifier_without_a_pad_token_judges_a_padded_batch(allowed, tokenizer):
+    """A tiny random LlamaForSequenceClassification (the SmolLM2 tokenizer): batches of unequal
+    lengths are padded, and each verdict equals the model's own on that example alone."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    folder = allowed / "llama-judge"
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_labels=2,
+        id2label={0: "safe", 1: "unsafe"},
+        label2id={"safe": 0, "unsafe": 1},
+    )
+    model = LlamaForSequenceClassification(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    judge = load_judge(str(folder))
+    prompts = ["How do I do it?", "A much longer prompt that needs padding next to the short one here?"]
+    responses = ["Sure.", "I'm sorry, I cannot help with that request at all."]
+    alone = []
+    with torch.no_grad():
+        for p, r in zip(prompts, responses):
+            logits = model(**tokenizer(p, r, return_tensors="pt")).logits
+            alone.append(int(logits.argmax(-1)) == 1)
+    assert judge(prompts, responses) == alone
