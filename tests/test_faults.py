@@ -279,3 +279,50 @@ def test_kill_9_mid_job_leaves_a_readable_state_and_a_rerun_completes(tiny_model
     done = _wait(argv, lambda s: not s.active)
     assert done.status == "done", done.error
     assert len(done.result["surfaces"] if "surfaces" in done.result else done.result) > 0
+
+
+WRITER = """
+import json, sys
+from core.base.cache import atomic_write_text
+from core.restoration.store import runs_dir
+
+steps = int(sys.argv[1])
+record = {"id": "killed", "method": "interpolate", "status": "running", "pid": __import__("os").getpid(), "steps": []}
+path = runs_dir() / "killed" / "record.json"
+for i in range(steps):
+    record["steps"].append({"step": i, "harmful_rate": 50.0, "pad": "x" * 2000})
+    atomic_write_text(path, json.dumps(record, indent=1))  # as the runner writes after every step
+print("wrote", flush=True)
+record["status"] = "done"
+atomic_write_text(path, json.dumps(record, indent=1))
+"""
+
+
+def test_kill_9_mid_run_record_write_leaves_a_readable_record_and_a_rerun_completes():
+    """A run killed while it rewrites its record: the record reads whole (the old or the new
+    version, never a torn one), the run shows as interrupted, the dead writer's temporary is
+    cleaned, and a rerun finishes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from core.base.paths import PROJECT_ROOT
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, "100000"], cwd=PROJECT_ROOT, env=env)
+    path = runs_dir() / "killed" / "record.json"
+    deadline = time.monotonic() + 60
+    while not (path.exists() and path.stat().st_size > 200_000) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    record = load_record("killed")
+    assert record is not None and record["steps"], "readable after kill -9"
+    assert not (path.parent / "record.json.damaged").exists()
+    assert {r["id"]: r["status"] for r in list_runs()}["killed"] == "interrupted"
+    clean_orphans()
+    assert not list(path.parent.glob(".tmp-*")), "the dead writer's temporary is removed"
+    rerun = subprocess.run([sys.executable, "-c", WRITER, "3"], cwd=PROJECT_ROOT, env=env, capture_output=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert load_record("killed")["status"] == "done"

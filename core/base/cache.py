@@ -287,7 +287,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write a text file via a temporary name and rename: readers see the old or the new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
@@ -296,13 +296,18 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def clean_orphans(root: Path | None = None) -> list[Path]:
-    """Remove ``atomic_dir`` temporaries (two levels under the cache) whose writing process is
-    gone, e.g. after a kill -9 during a world build; returns what was removed."""
+    """Remove ``atomic_dir`` and ``atomic_write_text`` temporaries (up to two levels under the
+    cache) whose writing process is gone, e.g. after a kill -9 during a world build or a run
+    record's write; returns what was removed."""
     root = root or cache_dir()
     removed = []
     for tmp in [*root.glob(".tmp-*"), *root.glob("*/.tmp-*"), *root.glob("*/*/.tmp-*")]:
         pid = tmp.name.rsplit("-", 2)[-2] if tmp.name.count("-") >= 3 else ""
-        if tmp.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+        if not pid.isdigit() or process_alive(int(pid)):
+            continue
+        if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
-            removed.append(tmp)
+        else:
+            tmp.unlink(missing_ok=True)
+        removed.append(tmp)
     return removed
