@@ -112,7 +112,7 @@ def offloaded(device_map: dict | None) -> list[str]:
         return []
     places = {str(v) for v in device_map.values()}
     on_accelerator = any(p not in ("cpu", "disk") for p in places)
-    return [k or "(whole model)" for k, v in device_map.items() if v == "disk" or (on_accelerator and v == "cpu")]
+    return [k or "the whole model" for k, v in device_map.items() if v == "disk" or (on_accelerator and v == "cpu")]
 
 
 def device_map_of(model: torch.nn.Module) -> dict | None:
@@ -132,7 +132,7 @@ def refuse_offloaded(command: str, modules: list[str]) -> None:
     if reason and modules:
         shown = ", ".join(modules[:3]) + (f" and {len(modules) - 3} more" if len(modules) > 3 else "")
         raise InputError(
-            f"'{command}' {reason}, which weights that accelerate's placement offloads cannot take ({shown} offloaded).",
+            f"'{command}' {reason}, which weights offloaded by accelerate's placement cannot take ({shown}).",
             "give --max-memory room for the whole model on the accelerators (or more GPUs), or use a smaller model; "
             "evaluate and capability run on an offloaded model.",
         )
