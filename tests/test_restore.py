@@ -193,8 +193,8 @@ def test_restoration_plane_of_the_stored_runs(tiny_model_dir, tiny_adapter_dir, 
         "curvature": RunRequest(
             "curvature", InfluenceConfig(iterations=2, pairs=2, batch_size=4), evaluate=False, **SMALL
         ),
-        "gradient-ascent": RunRequest(
-            "gradient-ascent", method("gradient-ascent").config(iterations=1, batch_size=4), evaluate=False, **SMALL
+        "gradient-ascent": RunRequest(  # two steps: no other test stores this run in the shared cache
+            "gradient-ascent", method("gradient-ascent").config(iterations=2, batch_size=4), evaluate=False, **SMALL
         ),
     }
     config = TrajectoryConfig(grid=3, examples=2)
