@@ -28,6 +28,7 @@ def _one(answers: dict, word: str) -> str:
         (_r(0.99, 0.985, 0.995), _r(0.98, 0.97, 0.99), HOLDS, FAILS),  # general as high as harmful
         (_r(0.70, 0.60, 0.76), _r(0.50, 0.40, 0.65), FAILS, UNRESOLVED),  # below 0.77; overlapping
         (_r(0.80, 0.70, 0.88), _r(0.30, 0.10, 0.45), UNRESOLVED, HOLDS),  # interval holds 0.77
+        (_r(0.992, 0.988, 0.995), _r(0.982, 0.974, 0.9879), HOLDS, FAILS),  # below harmful, yet not low
     ],
 )
 def test_correlation_verdicts(harmful, general, want_harmful, want_general):

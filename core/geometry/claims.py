@@ -24,8 +24,8 @@ HARMFUL_R_FLOOR = 0.77  # [1] Table 1: "strong response similarity (r > 0.77)" o
 RULES = {
     "harmful_r": f"holds if the 95% interval of r lies above {HARMFUL_R_FLOOR}, fails if below it",
     "low_r": (
-        f"holds if the set's interval lies below the harmful set's; fails if it lies above {HARMFUL_R_FLOOR} "
-        "(as high as [1]'s harmful floor) or above the harmful interval"
+        f"fails if the set's interval lies above {HARMFUL_R_FLOOR} (as high as [1]'s harmful floor, so not low) or "
+        "above the harmful interval; else holds if it lies below the harmful interval"
     ),
     "landscape": (
         "holds if the general set's difference exceeds its same-model noise floor and the harmful interval lies "
@@ -82,10 +82,10 @@ def correlation_rows(answer: dict | None, command: str) -> list[dict[str, str]]:
     ]
     for claim, paper, name in claims[1:]:
         a = answer[name]
-        if a["ci_high"] < h["ci_low"]:
+        if a["ci_low"] > HARMFUL_R_FLOOR or a["ci_low"] > h["ci_high"]:
+            verdict = FAILS  # as high as [1]'s harmful r is not "low", even a hair below the harmful r
+        elif a["ci_high"] < h["ci_low"]:
             verdict = HOLDS
-        elif a["ci_low"] > HARMFUL_R_FLOOR or a["ci_low"] > h["ci_high"]:
-            verdict = FAILS
         else:
             verdict = UNRESOLVED
         rows.append(_row(claim, f"[1] Table 1: {paper}", _r(a), verdict, "low_r", command))
