@@ -186,12 +186,24 @@ def results_store() -> diskcache.Cache:
     one opened: results are recomputable."""
     root = cache_dir() / "results"
     try:
-        return diskcache.Cache(str(root), size_limit=2**34, disk=JSONDisk)
+        return _opened(root)
     except sqlite3.OperationalError:  # full, locked, read-only: not damage, the caller reports it
         raise
     except sqlite3.DatabaseError:
         root.replace(root.with_name(f"results.damaged-{int(time.time())}"))
-        return diskcache.Cache(str(root), size_limit=2**34, disk=JSONDisk)
+        return _opened(root)
+
+
+def _opened(root: Path) -> diskcache.Cache:
+    """The store at ``root``, probed with one keyed read: sqlite opens a damaged file lazily, so
+    damage that opening misses ("database disk image is malformed") shows here, not mid-job."""
+    store = diskcache.Cache(str(root), size_limit=2**34, disk=JSONDisk)
+    try:
+        store.get("results-store-probe")
+    except sqlite3.DatabaseError:
+        store.close()
+        raise
+    return store
 
 
 MISSING = object()
