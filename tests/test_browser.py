@@ -196,7 +196,7 @@ def _watch_job(page: Page) -> list[str]:
 
 def test_dashboard_end_to_end(tiny_model_dir, tiny_adapter_dir, session_cache_dir, tmp_path):
     base, adapter = str(tiny_model_dir), str(tiny_adapter_dir)
-    caption = f"{base} → {adapter}"
+    caption = " → ".join(f"{Path(p).parent.name}/{Path(p).name}" for p in (base, adapter))  # relative to the roots
     allowed = os.pathsep.join(str(Path(p).parent) for p in (base, adapter))  # the tiny pair lives in tmp folders
     with serve(session_cache_dir, tmp_path / "streamlit.log", allowed=allowed) as url, sync_playwright() as pw:
         browser = launch(pw)
