@@ -42,7 +42,8 @@ def sections() -> list[Section]:
         )
     answers = {}
     for name, analysis in ANALYSES.items():
-        if r := answers.setdefault(name, _answer(_argv(name, [name, *ui.pair_args()]))):
+        answers[name] = r = _answer(_argv(name, [name, *ui.pair_args()]))
+        if r:
             f = FIGURES[name]
             out.append(Section(analysis.title, f.text, f.figures(r), f.tables(r), f.numbers(r)))
     if any(answers.values()):

@@ -208,11 +208,12 @@ CLAIM_ANALYSES = ("correlate", "landscape", "basin", "curvature")
 
 def cmd_claims(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     """Each analysis of ``CLAIM_ANALYSES`` at its defaults on the chosen pair (cached answers
-    return at once), then the claims table (``core.present.claims``)."""
+    return at once), then the claims table (``core.geometry.claims``)."""
     pair_argv = argv_for(WorldConfig, vars(args)) + argv_for(ModelOptions, vars(args))
+    ap = parser()
     answers = {}
     for i, name in enumerate(CLAIM_ANALYSES):
-        sub_args = parser().parse_args([name, *pair_argv])
+        sub_args = ap.parse_args([name, *pair_argv])
         stage = progress.stage(i / len(CLAIM_ANALYSES), (i + 1) / len(CLAIM_ANALYSES))
         answers[name] = ANALYSES[name].command(sub_args, stage)
     rows = claims_table(answers, pair_argv)
