@@ -254,6 +254,8 @@ def _live(argv: list[str], label: str, render_partial: Callable[[list], None] | 
             min(max(state.fraction, 0.0), 1.0),
             text=f"{label}: {state.message or state.status} · {state.fraction * 100:.0f}%{eta}",
         )
+        if state.threads:
+            st.caption(threads_caption(state.threads))
         if not may_cancel(argv):
             st.caption("Started in another browser session: only that session can cancel it.")
         elif st.button("Cancel", key=f"cancel-{state.id}"):
@@ -263,6 +265,16 @@ def _live(argv: list[str], label: str, render_partial: Callable[[list], None] | 
             render_partial(state.partials)
 
     live()
+
+
+def threads_caption(threads: int) -> str:
+    """How many torch threads the job computes with, and the settings that chose it."""
+    settings = jobs.JobSettings.from_env()
+    return (
+        f"Computing with {threads} torch thread{'s' if threads > 1 else ''}: {os.cpu_count()} cores shared by "
+        f"at most {settings.max_running} running job{'s' if settings.max_running > 1 else ''} "
+        "(settings SAFETY_MAX_JOBS and SAFETY_JOB_THREADS; other jobs wait in line)."
+    )
 
 
 def error_box(err: Exception) -> None:

@@ -31,6 +31,7 @@ def test_job_runs_in_background_and_a_second_submit_joins_it(tiny_model_dir, tin
     assert first.active and second.pid == first.pid, (first, second)
     done = _wait(argv)
     assert done.status == "done", done.error
+    assert done.threads == 1, "the state records the threads the job computed with (shown on the page)"
     assert set(done.result) == {"harmful", "task", "general"} and len(done.result["harmful"]["pairs"]) == 4
     assert jobs.submit(argv).pid == first.pid, "a finished job is not started again"
     assert answers.lookup(answers.answer_key(argv)) == done.result
@@ -128,3 +129,18 @@ def test_a_second_model_job_waits_in_line(tiny_model_dir, tiny_adapter_dir):
     assert _wait(second).status == "cancelled"
     jobs.cancel(first)
     assert _wait(first).status == "cancelled"
+
+
+def test_running_jobs_share_the_cores(monkeypatch):
+    """Each running job gets cores // SAFETY_MAX_JOBS torch threads (at least one) unless
+    SAFETY_JOB_THREADS says otherwise; a command line's own --threads wins."""
+    monkeypatch.setattr(jobs.os, "cpu_count", lambda: 8)
+    monkeypatch.setenv("SAFETY_MAX_JOBS", "3")
+    monkeypatch.delenv("SAFETY_JOB_THREADS", raising=False)
+    assert jobs.JobSettings.from_env().threads_per_job() == 2
+    monkeypatch.setenv("SAFETY_MAX_JOBS", "16")
+    assert jobs.JobSettings.from_env().threads_per_job() == 1
+    monkeypatch.setenv("SAFETY_JOB_THREADS", "5")
+    assert jobs.JobSettings.from_env().threads_per_job() == 5
+    assert jobs._threads_of(["correlate", "--threads", "3", "--n", "4"]) == 3
+    assert jobs._threads_of(["correlate", "--n", "4"]) is None

@@ -277,12 +277,14 @@ def test_only_the_session_that_started_a_job_may_cancel_it(monkeypatch):
     argv = page_argv(at, "correlate")
     d = jobs._dir(argv)
     d.mkdir(parents=True, exist_ok=True)
-    jobs._write(d, jobs.JobState(jobs.job_id(argv), argv, status="running", fraction=0.5, pid=os.getpid()))
+    running = jobs.JobState(jobs.job_id(argv), argv, status="running", fraction=0.5, pid=os.getpid(), threads=1)
+    jobs._write(d, running)
     try:
         at.run()
         assert not at.exception
         assert not [b for b in at.button if b.label == "Cancel"], "a visitor cannot cancel another's job"
         assert any("another browser session" in c.value for c in at.caption)
+        assert any(c.value.startswith("Computing with 1 torch thread:") for c in at.caption), "threads are shown"
         at.session_state["submitted"] = {jobs.job_id(argv)}
         at.run()
         assert [b for b in at.button if b.label == "Cancel"], "the session that started it can"

@@ -57,6 +57,7 @@ class JobState:
     result: dict[str, Any] | None = None
     error: str | None = None
     pid: int | None = None
+    threads: int | None = None  # torch threads the job computes with (shown on the page)
     updated: float = 0.0
 
     @property
@@ -245,6 +246,7 @@ def run(d: Path) -> int:
             _wait_for_slot(d, state, settings, cancel)
             if "--threads" not in argv:
                 argv += ["--threads", str(settings.threads_per_job())]
+        state.threads = _threads_of(argv)
         state.status = "running"
         _write(d, state)
         result = execute(argv, _StateWriter(d, state), cancel)
@@ -262,6 +264,14 @@ def run(d: Path) -> int:
     state.updated = time.time()
     _write_final(d, state)
     return 0 if state.status == "done" else 1
+
+
+def _threads_of(argv: list[str]) -> int | None:
+    """The job's ``--threads`` value (``None``: not set, so torch's default, all cores)."""
+    if "--threads" in argv[:-1]:
+        value = argv[argv.index("--threads") + 1]
+        return int(value) if value.isdigit() and int(value) > 0 else None
+    return None
 
 
 def _write_final(d: Path, state: JobState) -> None:
