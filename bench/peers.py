@@ -42,7 +42,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.timing import median_time  # noqa: E402
+from bench.timing import interleaved_times, median_time  # noqa: E402
 from core.base.progress import Progress  # noqa: E402
 from core.geometry.curvature import HessianOperator, select_parameters, top_eigenpairs  # noqa: E402
 from core.geometry.landscape import (  # noqa: E402
@@ -171,8 +171,11 @@ def products(model, params: dict, batch: dict, reps: int) -> dict:
             state["hv"] = hessian_vector_product(state["h"].gradsH, state["h"].params, vt)
 
         further = lambda: hessian_vector_product(state["h"].gradsH, state["h"].params, vt)  # noqa: E731
-        out["pyhessian"] = {"first_s": median_time(build, reps), "further_s": median_time(further, reps)}
+        out["pyhessian"] = {"first_s": median_time(build, reps)}
         out["pyhessian"]["agreement"] = relative(kept._flat(state["hv"]), want)
+        kept.matvec(v)  # both graphs built: the further products below are timed in turn
+        turns = interleaved_times({"ours": lambda: kept.matvec(v), "pyhessian": further}, reps)
+        out["ours"]["further_s"], out["pyhessian"]["further_s"] = turns["ours"], turns["pyhessian"]
         state.clear()
         for p in plist:
             p.grad = None
@@ -274,36 +277,54 @@ def eigenvalues(model, params: dict, batch: dict, steps: int, tol: float, pyhess
 
 # ---------------------------------------------------------------------------- (c) landscape
 def landscape(model, batch: dict, reps: int, grid: int = 5) -> dict:
+    """Per grid point / one forward, for this project's ``surface`` and loss-landscapes'
+    ``random_plane`` on the same model and batch; each turn times a forward, our grid and the
+    peer's grid one after the other, and the ratios are medians over turns (the machine's load
+    changes between turns, not within one)."""
     for p in model.parameters():
         p.requires_grad_(False)
     batches = [batch]
     mean_loss(model, batches)  # warm-up
-    forward = median_time(lambda: mean_loss(model, batches), reps)
     params = perturbed_parameters(model, LandscapeConfig().modules)
     t = time.perf_counter()
     d1, d2 = random_direction(params, 1), random_direction(params, 2)
     directions = time.perf_counter() - t
-    t = time.perf_counter()
-    surface(model, params, d1, d2, np.linspace(-0.01, 0.01, grid), batches, Progress(), "bench")
-    point = (time.perf_counter() - t) / grid**2
-    out = {"forward_s": forward, "ours": {"point_s": point, "ratio": point / forward, "directions_s": directions}}
+    coords = np.linspace(-0.01, 0.01, grid)
+    fns = {
+        "forward": lambda: mean_loss(model, batches),
+        "ours": lambda: surface(model, params, d1, d2, coords, batches, Progress(), "bench"),
+    }
     try:
         import loss_landscapes
         from loss_landscapes.metrics import Loss
     except ImportError as e:
-        out["loss_landscapes"] = {"skipped": f"not importable ({e})"}
+        peer = f"not importable ({e})"
+    else:
+        metric, wrapped = Loss(ExampleMeanLoss(), batch, batch["labels"]), Logits(model)
+
+        def plane(steps: int) -> None:
+            with torch.no_grad():
+                loss_landscapes.random_plane(wrapped, metric, distance=100, steps=steps, normalization="filter")
+
+        peer = {"setup": lambda: plane(1), "grid": lambda: plane(grid)}  # setup: directions and one point
+    if isinstance(peer, dict):
+        fns.update(peer_setup=peer["setup"], peer_grid=peer["grid"])
+    rows = [interleaved_times(fns, 1) for _ in range(reps)]
+    ratio = lambda key, points: float(np.median([r[key] / points / r["forward"] for r in rows]))  # noqa: E731
+    out = {
+        "forward_s": float(np.median([r["forward"] for r in rows])),
+        "ours": {"ratio": ratio("ours", grid**2), "directions_s": directions},
+    }
+    out["ours"]["point_s"] = out["ours"]["ratio"] * out["forward_s"]
+    if not isinstance(peer, dict):
+        out["loss_landscapes"] = {"skipped": peer}
         return out
-    metric = Loss(ExampleMeanLoss(), batch, batch["labels"])
-    wrapped = Logits(model)
-    with torch.no_grad():
-        t = time.perf_counter()
-        loss_landscapes.random_plane(wrapped, metric, distance=100, steps=1, normalization="filter")
-        setup = time.perf_counter() - t  # directions and one point
-        t = time.perf_counter()
-        loss_landscapes.random_plane(wrapped, metric, distance=100, steps=grid, normalization="filter")
-        total = time.perf_counter() - t
-    peer = (total - setup) / (grid**2 - 1)
-    out["loss_landscapes"] = {"point_s": peer, "ratio": peer / forward, "directions_s": setup - peer}
+    points = [(r["peer_grid"] - r["peer_setup"]) / (grid**2 - 1) for r in rows]
+    out["loss_landscapes"] = {
+        "ratio": float(np.median([pt / r["forward"] for pt, r in zip(points, rows)])),
+        "point_s": float(np.median(points)),
+        "directions_s": float(np.median([r["peer_setup"] for r in rows])) - float(np.median(points)),
+    }
     return out
 
 

@@ -550,10 +550,15 @@ class LossHessian:
 
     def _hvp(self, j: int, v: list[torch.Tensor]) -> list[torch.Tensor]:
         grads, keep = self._graph(j)
-        dot = sum((g * vi).sum() for g, vi in zip(grads, v))
-        if not dot.requires_grad:  # the term is linear in the parameters
+        live = [(g, vi) for g, vi in zip(grads, v) if g.requires_grad]
+        if not live:  # the term is linear in the parameters
             return [torch.zeros_like(p) for p in self.params]
-        return list(torch.autograd.grad(dot, self.params, retain_graph=keep, allow_unused=True, materialize_grads=True))
+        outputs, vectors = zip(*live)  # H v = d(g . v)/dtheta as one vector-Jacobian product, as PyHessian takes it
+        return list(
+            torch.autograd.grad(
+                outputs, self.params, vectors, retain_graph=keep, allow_unused=True, materialize_grads=True
+            )
+        )
 
     def matvec(self, vec: np.ndarray) -> np.ndarray:
         return np.sum(self.term_matvecs(vec), axis=0)
