@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TESTS_STAMP := $(VENV)/.installed-tests
 
 .PHONY: install world run test bench clean-world
 
@@ -16,13 +17,17 @@ $(STAMP): requirements.txt requirements-assets.txt
 	$(BIN)/pip install --quiet --no-deps -r requirements-assets.txt
 	touch $(STAMP)
 
+$(TESTS_STAMP): $(STAMP) requirements-test.txt
+	$(BIN)/pip install --quiet -r requirements-test.txt
+	touch $(TESTS_STAMP)
+
 world: install
 	$(BIN)/python -m core world
 
 run: install
 	$(BIN)/streamlit run app.py --server.address 127.0.0.1 --server.port 8501 --server.headless true --browser.gatherUsageStats false
 
-test: world
+test: world $(TESTS_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
 

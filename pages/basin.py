@@ -14,7 +14,7 @@ ui.page_header(
     "inside each line's basin; the basin radius is how far out the ASR stays below the edge.",
 )
 _, opts = ui.options(BasinConfig, "basin")
-argv = ["basin", *ui.pair_args(), *opts]
+argv = ["basin", *ui.pair_args(), *opts, *ui.scaleout()]
 result = ui.analysis(argv, "safety basin", remember="basin")
 if result:
     cols = st.columns(len(result))

@@ -19,7 +19,7 @@ with st.sidebar:
         for name in ANALYSES["correlate"].set_files
     }
 
-argv = ["correlate", *ui.pair_args(), *opts]
+argv = ["correlate", *ui.pair_args(), *opts, *ui.scaleout()]
 for name, path in files.items():
     if path:
         argv += [f"--{name}-file", path]

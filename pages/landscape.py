@@ -13,7 +13,7 @@ ui.page_header(
     "the structural difference compares their interior Laplacians (eq. 8), next to its noise floor.",
 )
 values, opts = ui.options(LandscapeConfig, "landscape")
-argv = ["landscape", *ui.pair_args(), *opts]
+argv = ["landscape", *ui.pair_args(), *opts, *ui.scaleout()]
 
 
 def partial(rows: list) -> None:

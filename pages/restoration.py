@@ -133,7 +133,9 @@ def runs_tab() -> None:
 def compare_tab() -> None:
     """Every method with its defaults on this pair: one table."""
     st.write("Every method with its defaults on the same pair, seed and data (runs are shared with the tab above).")
-    result = ui.analysis(["compare", *ui.pair_args(), *eval_opts], "comparison of all methods", remember="comparison")
+    result = ui.analysis(
+        ["compare", *ui.pair_args(), *eval_opts, *ui.scaleout()], "comparison of all methods", remember="comparison"
+    )
     if result:
         ui.table(result["table"])
         if result.get("skipped"):

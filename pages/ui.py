@@ -15,6 +15,7 @@ import streamlit as st
 from core.base.errors import InputError
 from core.base.options import argv_for, default_of, defaults, user_fields
 from core.base.paths import inside_allowed_roots, shown_path
+from core.base.scaleout import ScaleOut
 from core.present import export
 from core.present.figures import apply_theme
 from core.present.text import readable
@@ -119,6 +120,12 @@ def options(config: type, key: str, skip: tuple[str, ...] = ()) -> tuple[dict[st
             if f.name not in skip:
                 values[f.name] = _widget(f, f"{key}-{f.name}")
     return values, argv_for(config, values)
+
+
+def scaleout() -> list[str]:
+    """Sidebar fields for the Ray scale-out (``core.base.scaleout``): its command-line tokens,
+    none at the defaults (in-process). The answer is the same either way, so it is cached once."""
+    return options(ScaleOut, "scaleout")[1]
 
 
 def _widget(f, key: str) -> Any:

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -62,6 +63,7 @@ from core.base.cache import memoize
 from core.base.errors import InputError
 from core.base.options import from_args, option
 from core.base.progress import Progress
+from core.base.scaleout import map_shards
 from core.base.stats import bootstrap_interval, rate_with_interval
 from core.base.tensors import cosine
 from core.geometry.registry import Analysis, register_analysis
@@ -428,17 +430,31 @@ def _grids(radius: float, config: BasinConfig) -> tuple[np.ndarray, np.ndarray]:
     return coords, plane
 
 
+def _point_flags(oracle: Callable[[Point], np.ndarray], shared: None, point: Point) -> np.ndarray:
+    return oracle(point)
+
+
 def sample_basin(
-    oracle: Callable[[Point], np.ndarray], radius: float, config: BasinConfig, progress: Progress, label: str
+    oracle: Callable[[Point], np.ndarray],
+    radius: float,
+    config: BasinConfig,
+    progress: Progress,
+    label: str,
+    load: Callable[[], Callable[[Point], np.ndarray]] | None = None,
 ) -> dict:
-    """Per-prompt flags on every 1-D line and the plane within +-``radius``, and their scores."""
+    """Per-prompt flags on every 1-D line and the plane within +-``radius``, and their scores. With
+    ``load`` (this model's oracle) and a scale-out session, the points go to Ray workers
+    (``core.base.scaleout``), each generated exactly as here."""
     coords, plane, oracle = *_grids(radius, config), _Memo(oracle)
     lines = [[_on_line(k, a) for a in coords] for k in range(config.directions)]
     grid = [[(a, b) for b in plane] for a in plane]
     todo = list(dict.fromkeys(_key(p) for p in sum(lines + grid, [])))
-    for i, point in enumerate(todo):
-        asr = _rate(oracle(point))
-        progress.update((i + 1) / len(todo), f"{label}: point {i + 1}/{len(todo)}", {"model": label, "asr": asr})
+
+    def report(i: int, flags: np.ndarray) -> tuple[str, dict]:
+        oracle.seen[todo[i]] = np.asarray(flags, dtype=bool)
+        return f"{label}: point {i + 1}/{len(todo)}", {"model": label, "asr": _rate(oracle.seen[todo[i]])}
+
+    map_shards(_point_flags, todo, None, oracle.oracle, load, progress, report)
     line_flags = np.array([[oracle(p) for p in line] for line in lines])
     plane_flags = np.array([[oracle(p) for p in row] for row in grid]) if len(plane) else None
     out = basin_scores(coords, line_flags, plane_flags, config)
@@ -488,7 +504,8 @@ def _model_basin(
     t0 = time.monotonic()
     oracle = open_oracle(spec, prompts, config, _n_directions(config))
     try:
-        out = sample_basin(oracle, radius, config, progress, label)
+        load = partial(open_oracle, spec, prompts, config, _n_directions(config))
+        out = sample_basin(oracle, radius, config, progress, label, load)
         if config.plane_points:
             out["plane_cosine"] = oracle.plane_cosine()
     finally:

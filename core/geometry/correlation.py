@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -233,19 +234,26 @@ def null_reference(
 
 
 # ---------------------------------------------------------------------------- the analysis
+def scorer(spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A Ray worker's replica for the per-example losses: the model as ``_compute`` loads it."""
+    return load_model(spec), load_tokenizer(spec)
+
+
 def _losses(
+    spec: ModelSpec,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     sets: dict[str, list[Example]],
     config: CorrelationConfig,
     progress: Progress,
 ) -> dict[str, list[float]]:
+    """Per set, each example's loss; the batches go to Ray workers in a scale-out session."""
     out = {}
     for s, (name, examples) in enumerate(sets.items()):
         stage = progress.stage(s / len(sets), (s + 1) / len(sets))
-        out[name] = dataset_losses(
-            model, tokenizer, examples, config.batch_size, config.max_length, config.tokens, stage
-        )
+        c = config
+        load = partial(scorer, spec)
+        out[name] = dataset_losses(model, tokenizer, examples, c.batch_size, c.max_length, c.tokens, stage, load)
     return out
 
 
@@ -263,11 +271,11 @@ def _compute(
     a, b = _spans(sets, config)
     ft_spec, base_spec = pair["finetuned"], pair["base"]
     model = load_model(ft_spec)
-    ft = _losses(model, load_tokenizer(ft_spec), sets, config, progress.stage(0.0, a))
+    ft = _losses(ft_spec, model, load_tokenizer(ft_spec), sets, config, progress.stage(0.0, a))
     norms = adapter_delta_norms(model) if _is_adapter(ft_spec) else {}
     del model
     model, tok = load_model(base_spec), load_tokenizer(base_spec)
-    base = _losses(model, tok, sets, config, progress.stage(a, b))
+    base = _losses(base_spec, model, tok, sets, config, progress.stage(a, b))
     checkpoint = ft_spec.finetuned is not None and not _is_adapter(ft_spec)
     if checkpoint and config.null_seeds:
         norms = checkpoint_delta_norms(model, Path(ft_spec.finetuned).expanduser())

@@ -64,6 +64,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Callable, Iterator
 
 import numpy as np
@@ -74,6 +75,7 @@ from core.base.cache import memoize
 from core.base.errors import InputError
 from core.base.options import from_args, option
 from core.base.progress import Progress
+from core.base.scaleout import map_shards
 from core.base.stats import bootstrap_interval
 from core.base.tensors import cosine
 from core.geometry.correlation import default_sets
@@ -256,22 +258,53 @@ def restoring(params: dict[str, torch.nn.Parameter]) -> Iterator[dict[str, torch
 
 
 def surface(
-    model, params, d1, d2, coords: np.ndarray, batches: list[dict], progress: Progress, label: str, part: str = "all"
+    model,
+    params,
+    d1,
+    d2,
+    coords: np.ndarray,
+    batches: list[dict],
+    progress: Progress,
+    label: str,
+    part: str = "all",
+    load: Callable | None = None,
 ) -> np.ndarray:
-    """Loss on the grid, row by row (row i = coefficient a_i on d1); each row is a partial result."""
+    """Loss on the grid, row by row (row i = coefficient a_i on d1); each row is a partial result.
+    With ``load`` (a replica of this model: ``landscape_replica``) and a scale-out session, the
+    rows go to Ray workers (``core.base.scaleout``), each computed exactly as here."""
     values = np.full((len(coords), len(coords)), np.nan)
+
+    def report(i: int, row: list[float]) -> tuple[str, dict]:
+        values[i] = row
+        if not np.all(np.isfinite(values[i])):
+            raise InputError(
+                f"NaN or infinite loss on the {label} landscape at row {i}.", "use a smaller --radius or float32."
+            )
+        shown = {"label": label, "part": part, "row": i, "values": values[i].tolist(), "coords": coords.tolist()}
+        return f"{label} ({part}): row {i + 1}/{len(coords)}", shown
+
     with restoring(params) as theta0:
-        for i, a in enumerate(coords):
-            for j, b in enumerate(coords):
-                set_point(params, theta0, d1, d2, float(a), float(b))
-                values[i, j] = mean_loss(model, batches)
-            if not np.all(np.isfinite(values[i])):
-                raise InputError(
-                    f"NaN or infinite loss on the {label} landscape at row {i}.", "use a smaller --radius or float32."
-                )
-            row = {"label": label, "part": part, "row": i, "values": values[i].tolist(), "coords": coords.tolist()}
-            progress.update((i + 1) / len(coords), f"{label} ({part}): row {i + 1}/{len(coords)}", row)
+        shared = (d1, d2, coords, batches)
+        map_shards(_grid_row, range(len(coords)), shared, (model, params, theta0), load, progress, report)
     return values
+
+
+def landscape_replica(spec: ModelSpec, modules: tuple[str, ...]) -> tuple:
+    """What a worker needs for grid rows: the merged model, its perturbed weights and theta0."""
+    model = load_model(spec, merge=True)
+    params = perturbed_parameters(model, modules)
+    return model, params, {n: p.detach().clone() for n, p in params.items()}
+
+
+def _grid_row(replica: tuple, shared: tuple, i: int) -> list[float]:
+    """Row i of the grid: the loss at theta0 + a_i d1 + b_j d2 for every b_j."""
+    model, params, theta0 = replica
+    d1, d2, coords, batches = shared
+    row = []
+    for b in coords:
+        set_point(params, theta0, d1, d2, float(coords[i]), float(b))
+        row.append(mean_loss(model, batches))
+    return row
 
 
 # ---------------------------------------------------------------------------- radius
@@ -421,7 +454,7 @@ def _prepare(model, params, data: dict, config: LandscapeConfig, state: dict, pr
     state["radius"] = {**fit, "fitted": True, "set": fit_set, "seconds": time.monotonic() - t}
 
 
-def _set_surfaces(name, model, params, set_name, parts, config, state, progress) -> dict:
+def _set_surfaces(name, spec, model, params, set_name, parts, config, state, progress) -> dict:
     """The surfaces of one (set, model), keyed by part."""
     radius = state["radius"]["radius"]
     coords = np.linspace(-radius, radius, config.grid)
@@ -434,7 +467,8 @@ def _set_surfaces(name, model, params, set_name, parts, config, state, progress)
         for part, batch in surfaces:
             t, label = time.monotonic(), f"{set_name}/{name}"
             stage = progress.stage(done / n_jobs, (done + 1) / n_jobs)
-            out[part] = surface(model, params, d1, d2, coords, parts[batch], stage, label, part)
+            load = partial(landscape_replica, spec, config.modules)
+            out[part] = surface(model, params, d1, d2, coords, parts[batch], stage, label, part, load)
             state["seconds"][f"{label}/{part}"] = time.monotonic() - t
             done += 1
     return out
@@ -456,7 +490,7 @@ def _model_pass(name: str, spec: ModelSpec, data: dict, config: LandscapeConfig,
     out = {}
     for k, (set_name, parts) in enumerate(data.items()):
         stage = progress.stage(k / len(data), (k + 1) / len(data))
-        for part, values in _set_surfaces(name, model, params, set_name, parts, config, state, stage).items():
+        for part, values in _set_surfaces(name, spec, model, params, set_name, parts, config, state, stage).items():
             out[set_name, part] = values
     return out
 

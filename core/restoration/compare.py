@@ -8,6 +8,7 @@ for the number of comparisons (the p-values are in the answer for any correction
 
 from __future__ import annotations
 
+from core.base import scaleout
 from core.base.paths import is_adapter_dir
 from core.base.progress import Progress
 from core.base.stats import mcnemar
@@ -60,23 +61,18 @@ def compare(
         for row in rows:
             row["visage"] = basins[row["model"]]["visage"]
     runs = {}
-    for i, name in enumerate(names):
-        stage = progress.stage(0.05 + 0.95 * i / len(names), 0.05 + 0.95 * (i + 1) / len(names))
-        request = RunRequest(
-            name,
-            METHODS[name].config(),
-            seed,
-            eval=eval_config(options),
-            judge=options.judge,
-            judge_label=options.judge_label,
-            capability_items=options.capability_items,
-        )
-        record = restore(pair, request, extra, stage)
-        if visage:
-            record = add_visage(record, seed, stage, options.judge, options.judge_label)
+    shared = (pair, seed, extra, visage, options)
+    if scaleout.active():  # one method per Ray worker; progress as methods finish
+        done = scaleout.map_shards(_remote_run, names, shared, progress=progress.stage(0.05, 1.0))
+    else:
+        stages = [
+            progress.stage(0.05 + 0.95 * i / len(names), 0.05 + 0.95 * (i + 1) / len(names)) for i in range(len(names))
+        ]
+        done = [_method_run(shared, name, stage) for name, stage in zip(names, stages)]
+    for name, (record, method_flags) in zip(names, done):
         runs[name] = record["id"]
         row = _row(name, {**record["after"], **record.get("after_extra", {})}, extra_cols, record["wall_s"])
-        flags[name] = after_flags(record, stage)
+        flags[name] = method_flags
         if visage:
             row["visage"] = record["after"]["visage"]
         rows.append(row)
@@ -86,6 +82,29 @@ def compare(
             t["metric"] for t in tests if t["a"] == row["model"] and t["b"] == "finetuned" and t["p_value"] < ALPHA
         )
     return {"table": rows, "runs": runs, "skipped": skipped, "tests": tests}
+
+
+def _method_run(shared: tuple, name: str, progress: Progress) -> tuple[dict, dict[str, list[bool]]]:
+    """One method's run record (with VISAGE if asked) and its per-example outcome flags."""
+    pair, seed, extra, visage, options = shared
+    request = RunRequest(
+        name,
+        METHODS[name].config(),
+        seed,
+        eval=eval_config(options),
+        judge=options.judge,
+        judge_label=options.judge_label,
+        capability_items=options.capability_items,
+    )
+    record = restore(pair, request, extra, progress)
+    if visage:
+        record = add_visage(record, seed, progress, options.judge, options.judge_label)
+    return record, after_flags(record, progress)
+
+
+def _remote_run(replica: None, shared: tuple, name: str) -> tuple[dict, dict[str, list[bool]]]:
+    """``_method_run`` on a Ray worker (its progress stays there; the driver's advances per method)."""
+    return _method_run(shared, name, Progress())
 
 
 def _row(name: str, summary_: dict, extra_cols: tuple, wall_s: float) -> dict:

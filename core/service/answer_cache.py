@@ -3,7 +3,7 @@
 Every analysis below the CLI is already memoised, but importing torch and transformers alone
 takes ~5 s on 2 cores; a repeat of the same command should answer in well under a second. The
 key is the command line itself (less the flags that only change how it prints or how many
-threads it uses) plus a stat signature (path, size, mtime) of every local file or folder it
+threads and Ray workers it uses) plus a stat signature (path, size, mtime) of every local file or folder it
 names, of the demo world it uses, and a digest of the engine's source, so a rebuilt world, an
 edited adapter or a code change misses. Keying the raw command line, not a parsed one, keeps this
 module free of the registries (which import torch); two spellings of the same request are two
@@ -27,7 +27,7 @@ from core.base.paths import cache_dir
 from core.world.choice import WorldChoice
 
 PRINT_FLAGS = ("--json", "--no-json")  # change how an answer prints, never the answer
-VALUE_FLAGS = ("--threads",)  # the same: their value is dropped with them
+VALUE_FLAGS = ("--threads", "--workers", "--ray-address")  # the same: their value is dropped with them
 NEVER = ("--judge", "--rebuild")
 ENGINE = Path(__file__).resolve().parents[1]  # core/
 PRESENTATION = ("present", "service")  # draw, run or cache answers; never change one

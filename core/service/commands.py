@@ -21,6 +21,8 @@ from core.base.cache import clean_orphans
 from core.base.errors import InputError
 from core.base.options import add_arguments, argv_for, from_args, option
 from core.base.progress import Progress, stderr_bar
+from core.base.scaleout import ScaleOut, session
+from core.base.scaleout import check as check_scaleout
 from core.geometry.claims import RULES, claims_table
 from core.geometry.registry import ANALYSES
 from core.restoration.compare import compare
@@ -105,6 +107,7 @@ def _command(sub, name: str, help: str, models: bool = True) -> argparse.Argumen
     add_arguments(p, RunFlags)
     if models:
         add_arguments(p, ModelOptions)
+        add_arguments(p, ScaleOut)
     return p
 
 
@@ -250,6 +253,8 @@ def execute(
     in) the answer cache (``core.service.answer_cache``); in-process callers such as tests skip it.
     """
     args = parser().parse_args(argv)
+    scale = from_args(ScaleOut, args)
+    check_scaleout(scale.workers, scale.ray_address)  # a missing Ray is a one-line error before any model loads
     check_inputs(args)  # every file, model, judge and method named, before any work
     clean_orphans()  # temporaries of killed builds; cheap globs
     key = answer_cache.answer_key(argv) if cached_answers else None
@@ -259,7 +264,8 @@ def execute(
         hf_logging.set_verbosity_error()
         if args.threads:
             torch.set_num_threads(args.threads)
-        result = COMMANDS[args.command](args, Progress(callback, cancel))
+        with session(scale.workers, scale.ray_address, args.threads):
+            result = COMMANDS[args.command](args, Progress(callback, cancel))
         answer_cache.store(
             answer_cache.answer_key(argv) if cached_answers else None, result
         )  # keyed after the run: it may have built a world

@@ -16,12 +16,13 @@ Every analysis and training loop goes through here.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from core.base.scaleout import map_shards
 from core.base.tensors import chunks
 from core.world.data import Example
 from core.world.generation import chat_prompt
@@ -116,16 +117,29 @@ def dataset_losses(
     max_length: int = 256,
     tokens: str = "auto",
     progress=None,
+    load: Callable | None = None,
 ) -> list[float]:
-    """Per-example losses over a dataset, in input order; batched by length to pad little."""
+    """Per-example losses over a dataset, in input order; batched by length to pad little. With
+    ``load`` (a callable that loads this model and its tokenizer) and a scale-out session, the batches go to Ray workers
+    (``core.base.scaleout``): the same batches, so the same losses."""
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt) + len(examples[i].response or ""))
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     out: list[float] = [0.0] * len(examples)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = encode(tokenizer, [examples[i] for i in idx], max_length, tokens)
-        for i, loss in zip(idx, per_example_loss(model, batch).tolist()):
+    done = [0]
+
+    def report(k: int, losses: list[float]) -> tuple[str, None]:
+        for i, loss in zip(batches[k], losses):
             out[i] = loss
-        if progress is not None:
-            done = min(start + batch_size, len(order))
-            progress.update(done / len(examples), f"losses {done}/{len(examples)}")
+        done[0] += len(batches[k])
+        return f"losses {done[0]}/{len(examples)}", None
+
+    shared = (list(examples), max_length, tokens)
+    map_shards(_batch_losses, batches, shared, (model, tokenizer), load, progress, report)
     return out
+
+
+def _batch_losses(replica: tuple, shared: tuple, idx: list[int]) -> list[float]:
+    model, tokenizer = replica
+    examples, max_length, tokens = shared
+    with torch.no_grad():
+        return per_example_loss(model, encode(tokenizer, [examples[i] for i in idx], max_length, tokens)).tolist()
