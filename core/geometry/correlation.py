@@ -46,7 +46,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -71,19 +71,21 @@ NAMESPACE = "correlate-v3"  # v3: null reference and delta norm in every set's a
 
 @dataclass(frozen=True)
 class CorrelationConfig:
+    quick_minutes: ClassVar[float] = 1.5  # the quick preset's measured time with 2 threads, demo world
     tokens: str = option(
         "content",
         "content (response tokens, else the instruction's own; template tokens never), auto or all",
         label="Tokens",
         choices=TOKEN_RULES,
     )
-    n_per_set: int = option(100, "examples per set", label="Examples per set", flag="n", low=3)
+    n_per_set: int = option(100, "examples per set", label="Examples per set", flag="n", low=3, quick=40)
     null_seeds: int = option(
         3,
         "random directions for the null reference (base vs base + noise of the fine-tune's per-tensor norm); 0: none",
         label="Null-reference seeds",
         low=0,
         high=20,
+        quick=2,
     )
     null_examples: int = option(
         8,
