@@ -173,8 +173,8 @@ def _widget_value(f, value: Any) -> Any:
 
 
 def quick_note(config: type | tuple[type, ...], opts: list[str]) -> str | None:
-    """ "Quick preview (about N min on 2 cores): what is smaller" when ``opts`` are the quick
-    preset's tokens; None otherwise. N is the configs' measured ``quick_minutes``."""
+    """When ``opts`` are the quick preset's tokens, the line "Quick preview (about N min on 2 cores):
+    what is smaller", N the configs' measured ``quick_minutes``; None otherwise."""
     configs = config if isinstance(config, tuple) else (config,)
     quick = _preset(configs, "quick")
     if opts != [t for c in configs for t in argv_for(c, quick)]:

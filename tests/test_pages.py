@@ -206,6 +206,7 @@ def _label(name: str) -> str:
 def test_restoration_page_params_runs_compare_and_trajectories():
     at = page("restoration")
     assert not at.exception
+    assert any("not part of the warm-up" in c.value for c in at.caption)
     assert at.selectbox[0].options[0].startswith("curvature")
     argv = page_argv(at, "restoration")
     assert "--param" not in argv, "defaults stay implicit so equal requests share one job"
