@@ -121,6 +121,9 @@ if ui.is_demo():
         if previews:
             ready = [name for name, a in previews["analyses"].items() if a["status"] != "failed"]
             st.caption(f"Quick previews ready: {', '.join(ready)} (each analysis page opens on its figure).")
+            for name, a in previews["analyses"].items():
+                if a["status"] == "failed":
+                    st.warning(f"Quick preview of {name} failed: {a['error']}", icon=":material/error:")
 else:
     _, eval_opts = ui.options(EvalOptions, "evaluation")  # judge, generation length, capability items
     result = ui.analysis(["evaluate", *ui.pair_args(), *eval_opts], "evaluation of both models")

@@ -395,7 +395,9 @@ def test_home_starts_the_warmup_after_the_default_world_and_never_from_a_link(mo
     at = page("home")
     assert not at.exception
     assert submitted == [warmup.ARGV], "the default world's quick previews start by themselves"
-    plant(warmup.ARGV, WARMED)
+    failed = {"status": "failed", "error": "The 'harmful' set is empty. Fix: pass a data set."}
+    plant(warmup.ARGV, {"analyses": {**WARMED["analyses"], "basin": failed}})
     jobs._write(jobs._dir(warmup.ARGV), jobs.JobState(jobs.job_id(warmup.ARGV), warmup.ARGV, status="done"))
     at.run()
-    assert any(c.value.startswith("Quick previews ready: correlate, curvature") for c in at.caption)
+    assert any(c.value.startswith("Quick previews ready: correlate, curvature, landscape (") for c in at.caption)
+    assert any("Quick preview of basin failed" in w.value and "Fix:" in w.value for w in at.warning)
