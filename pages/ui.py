@@ -180,13 +180,19 @@ def quick_note(config: type | tuple[type, ...], opts: list[str]) -> str | None:
     if opts != [t for c in configs for t in argv_for(c, quick)]:
         return None
     smaller = "; ".join(
-        f"{(f.metadata['label'] or f.name).lower()} {quick[f.name]} instead of {default_of(f)}"
+        f"{_short_label(f)} {quick[f.name]} instead of {default_of(f)}"
         for c in configs
         for f in user_fields(c)
         if quick[f.name] != default_of(f)
     )
     minutes = sum(getattr(c, "quick_minutes", 0) for c in configs)
     return f"Quick preview (about {minutes:g} min on 2 cores): {smaller}."
+
+
+def _short_label(f) -> str:
+    """The widget's label without its parenthesised hints, first letter lower-case ("Lanczos" stays)."""
+    label = re.sub(r"\s*\(.*?\)", "", f.metadata["label"] or f.name.replace("_", " "))
+    return label if label.startswith("Lanczos") else label[:1].lower() + label[1:]
 
 
 def preset_note(config: type | tuple[type, ...], key: str, opts: list[str]) -> None:

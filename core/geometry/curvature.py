@@ -123,7 +123,7 @@ DEFAULT_TARGETS = ("q_proj", "v_proj")  # PEFT's LoRA default for Llama, for pai
 
 @dataclass(frozen=True)
 class CurvatureConfig:
-    quick_minutes: ClassVar[float] = 2  # the quick preset's measured time with 2 threads, demo world
+    quick_minutes: ClassVar[float] = 1.5  # the quick preset's time with 2 threads on the demo world, drift included
     k: int = option(8, "top eigenpairs by Lanczos", label="Top eigenpairs k", low=1, high=64, quick=4)
     params: str = option(
         "adapter",
