@@ -80,7 +80,7 @@ Point = tuple[float, ...]
 
 @dataclass(frozen=True)
 class BasinConfig:
-    quick_minutes: ClassVar[float] = 2  # the quick preset's measured time with 2 threads, demo world
+    quick_minutes: ClassVar[float] = 2  # the quick preset's time with 2 threads on the demo world
     directions: int = option(
         2, "random directions for the 1-D curves", label="Random directions (1-D)", low=1, high=16, quick=1
     )
