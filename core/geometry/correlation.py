@@ -71,7 +71,7 @@ NAMESPACE = "correlate-v3"  # v3: null reference and delta norm in every set's a
 
 @dataclass(frozen=True)
 class CorrelationConfig:
-    quick_minutes: ClassVar[float] = 1.5  # the quick preset's measured time with 2 threads, demo world
+    quick_minutes: ClassVar[float] = 1  # the quick preset's time with 2 threads on the demo world
     tokens: str = option(
         "content",
         "content (response tokens, else the instruction's own; template tokens never), auto or all",

@@ -97,7 +97,7 @@ Directions = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class LandscapeConfig:
-    quick_minutes: ClassVar[float] = 2.5  # the quick preset's measured time with 2 threads, demo world
+    quick_minutes: ClassVar[float] = 3  # the quick preset's time with 2 threads on the demo world, floor included
     grid: int = option(
         7,
         "n x n grid points, n odd (interior Laplacian on (n-2)^2)",
