@@ -17,6 +17,7 @@ _, opts = ui.options(BasinConfig, "basin")
 argv = ["basin", *ui.pair_args(), *opts, *ui.scaleout()]
 result = ui.analysis(argv, "safety basin", remember="basin")
 if result:
+    ui.preset_note(BasinConfig, "basin", opts)
     cols = st.columns(len(result))
     for col, (name, r) in zip(cols, result.items()):
         lo, hi = r.get("visage_ci") or (float("nan"), float("nan"))

@@ -25,6 +25,7 @@ for name, path in files.items():
         argv += [f"--{name}-file", path]
 result = ui.analysis(argv, "loss correlation", remember="correlate")
 if result:
+    ui.preset_note(CorrelationConfig, "correlation", opts)
     ui.table(figures.correlation_table(result))
     ui.figure(figures.correlation_scatter(result), "loss-correlation-scatter")
     ui.figure(figures.mean_loss_bars(result), "mean-loss-bars")

@@ -15,9 +15,8 @@ ui.page_header(
     "and the fine-tune, how much of the task's second-order acceleration falls in that eigenspace, "
     "and how the alignment loss grows under plain gradient descent from the aligned base.",
 )
-_, curvature_opts = ui.options(CurvatureConfig, "curvature")
-_, drift_opts = ui.options(DriftConfig, "drift")
-argv = ["curvature", *ui.pair_args(), *curvature_opts, *drift_opts]
+_, opts = ui.options((CurvatureConfig, DriftConfig), "curvature")
+argv = ["curvature", *ui.pair_args(), *opts]
 
 
 def partial(events: list) -> None:
@@ -40,6 +39,7 @@ def verdict(name: str, cond: dict) -> None:
 
 result = ui.analysis(argv, "curvature analysis", partial, remember="curvature")
 if result:
+    ui.preset_note((CurvatureConfig, DriftConfig), "curvature", opts)
     aligned, tuned = result.get("aligned", result), result.get("finetuned")
     verdict("Aligned base", aligned["conditions"])
     if tuned:

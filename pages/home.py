@@ -7,6 +7,7 @@ import streamlit as st
 from core.base.errors import InputError
 from core.base.options import help_of
 from core.base.paths import shown_path
+from core.service import warmup
 from core.world.choice import WorldChoice
 from core.world.data import BENIGN_SPLIT_SIZES, BORDERLINE_SPLIT_SIZES, HARMFUL_SPLIT_SIZES
 from core.world.eval_options import EvalOptions
@@ -115,6 +116,14 @@ if ui.is_demo():
             f"World targets: {sum(met.values())}/{len(met)} met · "
             f"built in {world['build_seconds']:.0f} s · {shown_path(world['world'])}"
         )
+    if world and not world_args:  # the same rule: the default world's quick previews, never a link's
+        previews = ui.analysis(warmup.ARGV, "quick previews of the analyses", autostart=True)
+        if previews:
+            ready = [name for name, a in previews["analyses"].items() if a["status"] != "failed"]
+            st.caption(f"Quick previews ready: {', '.join(ready)} (each analysis page opens on its figure).")
+            for name, a in previews["analyses"].items():
+                if a["status"] == "failed":
+                    st.warning(f"Quick preview of {name} failed: {a['error']}", icon=":material/error:")
 else:
     _, eval_opts = ui.options(EvalOptions, "evaluation")  # judge, generation length, capability items
     result = ui.analysis(["evaluate", *ui.pair_args(), *eval_opts], "evaluation of both models")

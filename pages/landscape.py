@@ -49,6 +49,7 @@ def _metric(result: dict, name: str) -> tuple[str, str]:
 
 result = ui.analysis(argv, "loss landscape", partial, remember="landscape")
 if result:
+    ui.preset_note(LandscapeConfig, "landscape", opts)
     diff = result["structural_difference"]
     cols = st.columns(len(diff))
     for col, name in zip(cols, diff):

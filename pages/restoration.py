@@ -19,6 +19,11 @@ ui.page_header(
     "curvature-aware influence updates (paper 1), direction-based weight restoration (paper 2) and baselines.",
 )
 _, eval_opts = ui.options(EvalOptions, "evaluation")  # judge, generation length, capability items
+st.caption(
+    "No quick preview here: a restoration run is not part of the warm-up, since even the curvature method "
+    "took about 10 minutes on the demo world (README, 2 shared cores, evaluation before and after included); "
+    "a run starts only when you click Run."
+)
 PAPER_METHODS = ["curvature", "direction"]  # listed first; LoRA-only methods need an adapter
 methods = {
     name: {"summary": m.summary, "needs_adapter": m.needs_adapter, "params": settable(m.config())}

@@ -13,13 +13,13 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.base.errors import InputError
-from core.base.options import argv_for, default_of, defaults, user_fields
+from core.base.options import argv_for, default_of, defaults, has_quick, preset_values, user_fields
 from core.base.paths import inside_allowed_roots, shown_path
 from core.base.scaleout import ScaleOut
 from core.present import export
 from core.present.figures import apply_theme
 from core.present.text import readable
-from core.service import jobs
+from core.service import jobs, warmup
 from core.world.choice import WorldChoice
 
 POLL_S = 2.0
@@ -111,15 +111,24 @@ def pair_caption() -> str:
 
 
 # ---------------------------------------------------------------------------- options
-def options(config: type, key: str, skip: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[str]]:
-    """Sidebar widgets for the user fields of a config dataclass, with its defaults and help
-    (``core.base.options``), and the command-line tokens of the values that differ from them."""
+PRESETS = {"quick": "Quick preview", "paper": "Paper-sized (defaults)", "custom": "Custom"}
+
+
+def options(config: type | tuple[type, ...], key: str, skip: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[str]]:
+    """Sidebar widgets for the user fields of one or more config dataclasses, with their defaults
+    and help (``core.base.options``), and the command-line tokens of the values that differ from
+    the defaults. Where the configs declare quick-preview values, a "Settings" radio above the
+    widgets sets them all to a preset; editing a widget makes the settings "Custom"."""
+    configs = config if isinstance(config, tuple) else (config,)
+    shown = [f for c in configs for f in user_fields(c) if f.name not in skip]
+    radio = f"{key}-preset" if any(has_quick(c) for c in configs) else None
     values: dict[str, Any] = {}
     with st.sidebar:
-        for f in user_fields(config):
-            if f.name not in skip:
-                values[f.name] = _widget(f, f"{key}-{f.name}")
-    return values, argv_for(config, values)
+        preset = _preset_radio(configs, key, shown, radio) if radio else "paper"
+        start = _preset(configs, "paper" if preset == "custom" else preset)
+        for f in shown:
+            values[f.name] = _widget(f, f"{key}-{f.name}", start[f.name], radio)
+    return values, [t for c in configs for t in argv_for(c, values)]
 
 
 def scaleout() -> list[str]:
@@ -128,26 +137,109 @@ def scaleout() -> list[str]:
     return options(ScaleOut, "scaleout")[1]
 
 
-def _widget(f, key: str) -> Any:
+def _preset(configs: tuple[type, ...], preset: str) -> dict[str, Any]:
+    return {name: v for c in configs for name, v in preset_values(c, preset).items()}
+
+
+def _preset_radio(configs: tuple[type, ...], key: str, shown: list, radio: str) -> str:
+    """The preset radio: Quick preview for a newcomer on the demo world (the warm-up computes
+    exactly those answers), Paper-sized for one's own models; picking one sets every widget."""
+    if radio not in st.session_state:
+        st.session_state[radio] = "quick" if is_demo() else "paper"
+    return st.radio(
+        "Settings",
+        list(PRESETS),
+        format_func=PRESETS.get,
+        key=radio,
+        on_change=_apply_preset,
+        args=(configs, key, shown, radio),
+        help="Quick preview: smaller versions of each setting (minutes on 2 cores). Paper-sized: the defaults.",
+    )
+
+
+def _apply_preset(configs: tuple[type, ...], key: str, shown: list, radio: str) -> None:
+    preset = st.session_state[radio]
+    if preset != "custom":
+        values = _preset(configs, preset)
+        for f in shown:
+            st.session_state[f"{key}-{f.name}"] = _widget_value(f, values[f.name])
+
+
+def _mark_custom(radio: str) -> None:
+    st.session_state[radio] = "custom"
+
+
+def _widget_value(f, value: Any) -> Any:
+    """``value`` as the field's widget holds it (lists as comma-separated text, None as empty text)."""
+    default = default_of(f)
+    if isinstance(default, tuple):
+        return ",".join(map(str, value))
+    if default is None or (isinstance(default, str) and not f.metadata.get("choices")):
+        return "" if value is None else str(value)
+    return value
+
+
+def quick_note(config: type | tuple[type, ...], opts: list[str]) -> str | None:
+    """When ``opts`` are the quick preset's tokens, the line "Quick preview (about N min on 2 cores):
+    what is smaller", N the configs' measured ``quick_minutes``; None otherwise."""
+    configs = config if isinstance(config, tuple) else (config,)
+    quick = _preset(configs, "quick")
+    if opts != [t for c in configs for t in argv_for(c, quick)]:
+        return None
+    smaller = "; ".join(
+        f"{_short_label(f)} {quick[f.name]} instead of {default_of(f)}"
+        for c in configs
+        for f in user_fields(c)
+        if quick[f.name] != default_of(f)
+    )
+    minutes = sum(getattr(c, "quick_minutes", 0) for c in configs)
+    return f"Quick preview (about {minutes:g} min on 2 cores): {smaller}."
+
+
+def _short_label(f) -> str:
+    """The widget's label without its parenthesised hints, first letter lower-case ("Lanczos" stays)."""
+    label = re.sub(r"\s*\(.*?\)", "", f.metadata["label"] or f.name.replace("_", " "))
+    return label if label.startswith("Lanczos") else label[:1].lower() + label[1:]
+
+
+def preset_note(config: type | tuple[type, ...], key: str, opts: list[str]) -> None:
+    """Above a quick preset's answer: what is smaller than paper-sized, and a one-click switch."""
+    if note := quick_note(config, opts):
+        configs = config if isinstance(config, tuple) else (config,)
+        shown = [f for c in configs for f in user_fields(c)]
+        text, switch = st.columns([5, 1], vertical_alignment="center")
+        text.info(note, icon=":material/speed:")
+        switch.button("Paper-sized settings", key=f"{key}-to-paper", on_click=_to_paper, args=(configs, key, shown))
+
+
+def _to_paper(configs: tuple[type, ...], key: str, shown: list) -> None:
+    st.session_state[f"{key}-preset"] = "paper"
+    _apply_preset(configs, key, shown, f"{key}-preset")
+
+
+def _widget(f, key: str, start: Any, radio: str | None = None) -> Any:
     default, meta = default_of(f), f.metadata
     label, tip = meta["label"] or f.name.replace("_", " ").capitalize(), meta["help"]
+    custom = {"on_change": _mark_custom, "args": (radio,)} if radio else {}
     if isinstance(default, bool):
-        return st.checkbox(label, default, help=tip, key=key)
+        return st.checkbox(label, start, help=tip, key=key, **custom)
     if meta.get("choices"):
-        return st.selectbox(label, list(meta["choices"]), index=list(meta["choices"]).index(default), help=tip, key=key)
+        choices = list(meta["choices"])
+        return st.selectbox(label, choices, index=choices.index(start), help=tip, key=key, **custom)
     if isinstance(default, int):
-        return int(st.number_input(label, meta["low"], meta["high"], default, step=1, help=tip, key=key))
+        return int(st.number_input(label, meta["low"], meta["high"], int(start), step=1, help=tip, key=key, **custom))
     if isinstance(default, float):
-        return float(st.number_input(label, meta["low"], meta["high"], default, format="%g", help=tip, key=key))
+        value = float(start)
+        return float(st.number_input(label, meta["low"], meta["high"], value, format="%g", help=tip, key=key, **custom))
     if isinstance(default, tuple):
-        text = st.text_input(label, ",".join(map(str, default)), help=tip, key=key)
+        text = st.text_input(label, _widget_value(f, start), help=tip, key=key, **custom)
         kind = type(default[0]) if default else str
         try:
             return tuple(kind(x.strip()) for x in text.split(",") if x.strip())
         except ValueError:
             st.error(f"{label}: '{text}' is not a comma-separated list of {kind.__name__} values.")
             return default
-    return st.text_input(label, "" if default is None else str(default), help=tip, key=key) or default
+    return st.text_input(label, _widget_value(f, start), help=tip, key=key, **custom) or default
 
 
 # ---------------------------------------------------------------------------- presentation
@@ -219,6 +311,9 @@ def analysis(
     if state.active:
         _live(argv, label, render_partial)
         return None
+    if state.status == "none" and (place := warmup_place(argv)):
+        _warming(argv, place)
+        return None
     if state.status == "failed":
         st.error(f"{label} failed: {state.error}", icon=":material/error:")
     elif state.status == "cancelled":
@@ -282,6 +377,33 @@ def threads_caption(threads: int) -> str:
         f"at most {settings.max_running} running job{'s' if settings.max_running > 1 else ''} "
         "(settings SAFETY_MAX_JOBS and SAFETY_JOB_THREADS; other jobs wait in line)."
     )
+
+
+def warmup_place(argv: list[str]) -> tuple[int, int] | None:
+    """(k, n) when the active warm-up (``core.service.warmup``) is to compute ``argv`` as its k-th
+    of n analyses, read from the plan its job reported; None otherwise."""
+    state = jobs.status(warmup.ARGV)
+    if not state.active:
+        return None
+    plan = next((p["plan"] for p in state.partials if isinstance(p, dict) and "plan" in p), [])
+    return (plan.index(list(argv)) + 1, len(plan)) if list(argv) in plan else None
+
+
+def _warming(argv: list[str], place: tuple[int, int]) -> None:
+    """While the warm-up computes this page's quick answer: say so, follow it, draw the answer when it lands."""
+
+    @st.fragment(run_every=POLL_S)
+    def waiting() -> None:
+        state = jobs.status(warmup.ARGV)
+        if not state.active or jobs.cached_answer(argv) is not None:
+            st.rerun()
+        st.info(f"Quick preview being computed by the warm-up ({place[0]} of {place[1]}).", icon=":material/schedule:")
+        st.progress(
+            min(max(state.fraction, 0.0), 1.0),
+            text=f"Warm-up: {state.message or state.status} · {state.fraction * 100:.0f}%",
+        )
+
+    waiting()
 
 
 def error_box(err: Exception) -> None:

@@ -11,7 +11,7 @@ import typing
 import pytest
 
 from core.base.errors import InputError
-from core.base.options import argv_for, defaults, user_fields
+from core.base.options import argv_for, defaults, has_quick, preset_values, user_fields
 from core.geometry.registry import ANALYSES
 from core.restoration.trajectory import TrajectoryConfig
 from core.service.commands import RunFlags, parser
@@ -35,6 +35,7 @@ COMMAND_CONFIGS: dict[str, tuple[type, ...]] = {
     "capability": (*COMMON, CapabilityConfig),
     "claims": COMMON,
     "methods": (RunFlags,),
+    "warmup": (RunFlags,),
 }
 # What a subcommand needs besides its options to parse at all.
 REQUIRED = {"restore": ["--method", "curvature"]}
@@ -203,3 +204,38 @@ def test_help_of_each_subcommand_names_each_default(ap, command, monkeypatch):
                 missing.append(f"{flag} ({cls.__name__}.{f.name}, default {_shown(default)!r})")
     message = f"`{command} --help` does not state these defaults:\n" + "\n".join(missing)
     assert not missing, message + "\n--- help:\n" + text
+
+
+QUICK = [(name, a) for name, a in ANALYSES.items()]
+
+
+def test_each_analysis_declares_a_quick_preset():
+    assert {name for name, a in QUICK if any(has_quick(c) for c in a.configs)} == {
+        "correlate",
+        "landscape",
+        "curvature",
+        "basin",
+    }
+    assert all(getattr(a.configs[0], "quick_minutes", 0) > 0 for _, a in QUICK), "the page states the quick time"
+
+
+@pytest.mark.parametrize("name,analysis", QUICK, ids=[n for n, _ in QUICK])
+def test_quick_preset_parses_within_bounds_and_is_smaller(ap, name, analysis):
+    """The quick values parse back through the CLI to themselves, lie within each field's bounds
+    and choices, validate as a config, and never exceed the paper-sized default."""
+    tokens = [t for c in analysis.configs for t in argv_for(c, preset_values(c, "quick"))]
+    args = _parse(ap, name, *tokens)
+    for cls in analysis.configs:
+        quick, paper = preset_values(cls, "quick"), preset_values(cls, "paper")
+        assert paper == defaults(cls)
+        for f in user_fields(cls):
+            value, meta = quick[f.name], f.metadata
+            assert getattr(args, f.name) == value, f.name
+            assert meta["low"] is None or value >= meta["low"], f.name
+            assert meta["high"] is None or value <= meta["high"], f.name
+            assert not meta.get("choices") or value in meta["choices"], f.name
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                assert value <= paper[f.name], f"{f.name}: a quick value larger than the paper-sized one"
+        config = cls(**quick)
+        if hasattr(config, "validate"):
+            config.validate()

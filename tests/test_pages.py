@@ -19,7 +19,7 @@ from samples import (
 from streamlit.testing.v1 import AppTest
 
 from core.service import answer_cache as answers
-from core.service import jobs
+from core.service import jobs, warmup
 
 PAGES = Path(__file__).resolve().parent.parent / "pages"
 PAIR: list[str] = []  # the default pair stays implicit in every page's command line
@@ -76,9 +76,13 @@ def page_argv(at: AppTest, key: str) -> list[str]:
     return at.session_state["argv"][key]
 
 
+WARMED = {"analyses": {name: {"status": "cached"} for name in warmup.ORDER}}
+
+
 @pytest.fixture(autouse=True)
 def _world_and_methods():
     plant(["world", *PAIR], WORLD)
+    plant(warmup.ARGV, WARMED)  # the default world's quick previews are there: Home starts nothing
 
 
 def test_home_shows_a_card_per_model_and_the_pair_form():
@@ -122,7 +126,7 @@ def test_a_link_is_checked_like_any_input(params, message):
     at.run()
     assert not at.exception
     assert any(message in e.value and "Fix:" in e.value for e in at.error), [e.value for e in at.error]
-    assert page_argv(at, "correlate") == ["correlate"], "the bad value is not used"
+    assert page_argv(at, "correlate") == warmup.quick_argv("correlate"), "the bad value is not used"
     assert no_jobs_started()
 
 
@@ -202,6 +206,7 @@ def _label(name: str) -> str:
 def test_restoration_page_params_runs_compare_and_trajectories():
     at = page("restoration")
     assert not at.exception
+    assert any("not part of the warm-up" in c.value for c in at.caption)
     assert at.selectbox[0].options[0].startswith("curvature")
     argv = page_argv(at, "restoration")
     assert "--param" not in argv, "defaults stay implicit so equal requests share one job"
@@ -307,3 +312,94 @@ def test_paths_are_shown_relative_to_the_allowed_roots(monkeypatch, tmp_path):
     assert shown_path("/home/alice/secret/adapter") == ".../adapter"
     assert shown_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert shown_path(None) == ""
+
+
+def running(argv: list[str], **extra) -> None:
+    """Plant a live job of ``argv`` (this process stands in for the job's)."""
+    import os
+
+    d = jobs._dir(argv)
+    d.mkdir(parents=True, exist_ok=True)
+    jobs._write(d, jobs.JobState(jobs.job_id(argv), argv, status="running", pid=os.getpid(), **extra))
+
+
+def test_analysis_page_opens_on_the_quick_preset_with_a_switch_to_paper_sized(monkeypatch, tmp_path):
+    """A newcomer on the demo world gets the quick preset (the warm-up's command line); its answer
+    says what is smaller; one click gives the paper-sized defaults; editing a widget is Custom."""
+    monkeypatch.setenv("SAFETY_CACHE_DIR", str(tmp_path))
+    at = page("correlation")
+    assert not at.exception
+    (radio,) = [r for r in at.radio if r.label == "Settings"]
+    assert radio.value == "quick" and radio.options == ["Quick preview", "Paper-sized (defaults)", "Custom"]
+    assert page_argv(at, "correlate") == warmup.quick_argv("correlate")
+    assert at.number_input(key="correlation-n_per_set").value == 40
+    plant(page_argv(at, "correlate"), correlation_result())
+    at.run()
+    (note,) = [i.value for i in at.info if i.value.startswith("Quick preview (about")]
+    assert "min on 2 cores): examples per set 40 instead of 100; null-reference seeds 2 instead of 3." in note
+    assert charts(at) == 2 and no_jobs_started()
+
+    at.button(key="correlation-to-paper").click().run()
+    assert at.radio(key="correlation-preset").value == "paper"
+    assert page_argv(at, "correlate") == ["correlate"], "paper-sized is the bare command (the defaults)"
+    assert at.number_input(key="correlation-n_per_set").value == 100
+    assert not [i for i in at.info if i.value.startswith("Quick preview")] and charts(at) == 0
+
+    at.number_input(key="correlation-null_examples").set_value(6).run()
+    assert at.radio(key="correlation-preset").value == "custom"
+    assert page_argv(at, "correlate") == ["correlate", "--null-examples", "6"]
+    at.radio(key="correlation-preset").set_value("quick").run()
+    assert page_argv(at, "correlate") == warmup.quick_argv("correlate") and charts(at) == 2
+    assert no_jobs_started()
+
+
+def test_curvature_page_presets_cover_the_drift_options(monkeypatch, tmp_path):
+    monkeypatch.setenv("SAFETY_CACHE_DIR", str(tmp_path))
+    at = page("curvature")
+    assert not at.exception
+    assert page_argv(at, "curvature") == warmup.quick_argv("curvature")
+    assert "--drift-steps" in page_argv(at, "curvature"), "one preset radio sets the drift monitor's options too"
+
+
+def test_page_says_the_warmup_is_computing_its_quick_answer(monkeypatch, tmp_path):
+    monkeypatch.setenv("SAFETY_CACHE_DIR", str(tmp_path))
+    running(warmup.ARGV, fraction=0.3, message="curvature (2 of 4): Lanczos", partials=[{"plan": warmup.planned()}])
+    at = page("landscape")
+    assert not at.exception
+    assert any(i.value.startswith("Quick preview being computed by the warm-up (3 of 4)") for i in at.info)
+    assert not [b for b in at.button if b.label.startswith("Run")], "no second computation of the same answer"
+    plant(warmup.quick_argv("landscape"), landscape_result())
+    at.run()
+    assert not at.exception and charts(at) == 2
+    assert not any("warm-up" in i.value for i in at.info)
+
+    at.radio(key="landscape-preset").set_value("paper").run()  # not what the warm-up computes: a Run button
+    assert [b.label for b in at.button] == ["Run loss landscape"]
+
+
+def test_home_starts_the_warmup_after_the_default_world_and_never_from_a_link(monkeypatch, tmp_path):
+    monkeypatch.setenv("SAFETY_CACHE_DIR", str(tmp_path))
+    submitted: list[list[str]] = []
+
+    def submit(argv):
+        submitted.append(list(argv))
+        running(argv)
+
+    monkeypatch.setattr(jobs, "submit", submit)
+    plant(["world", "--seed", "1"], {**WORLD, "seed": 1})
+    at = AppTest.from_file(str(PAGES / "home.py"), default_timeout=60)
+    at.query_params["seed"] = "1"
+    at.run()
+    assert not at.exception and len(at.metric) >= 8, "the linked world is shown"
+    assert submitted == [], "a link starts no warm-up"
+
+    plant(["world"], WORLD)
+    at = page("home")
+    assert not at.exception
+    assert submitted == [warmup.ARGV], "the default world's quick previews start by themselves"
+    failed = {"status": "failed", "error": "The 'harmful' set is empty. Fix: pass a data set."}
+    plant(warmup.ARGV, {"analyses": {**WARMED["analyses"], "basin": failed}})
+    jobs._write(jobs._dir(warmup.ARGV), jobs.JobState(jobs.job_id(warmup.ARGV), warmup.ARGV, status="done"))
+    at.run()
+    assert any(c.value.startswith("Quick previews ready: correlate, curvature, landscape (") for c in at.caption)
+    assert any("Quick preview of basin failed" in w.value and "Fix:" in w.value for w in at.warning)

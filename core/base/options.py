@@ -4,6 +4,10 @@ A field declared with ``option(default, help)`` becomes a command-line option (`
 ``flag`` given) with that default and help, and a dashboard widget with the same default and
 tooltip; fields declared without it are fixed recipe values, not user options. The CLI parser
 and the pages read the dataclasses, so a default is written once.
+
+Presets live beside the defaults: ``option(..., quick=v)`` is the field's value in the "quick
+preview" preset (absent: its default); ``preset_values(cls, "quick")`` collects them and
+``preset_values(cls, "paper")`` is the defaults (the paper-sized settings).
 """
 
 from __future__ import annotations
@@ -23,11 +27,15 @@ def option(
     choices: tuple | None = None,
     low: float | None = None,
     high: float | None = None,
+    quick: Any = MISSING,
 ) -> Any:
     """A dataclass field that users set: ``help`` is the option's help and the widget's tooltip,
     ``label`` the widget's label (default: the field name), ``flag`` renames the CLI option, and
-    ``choices`` / ``low`` / ``high`` bound the widget (``choices`` the CLI too)."""
+    ``choices`` / ``low`` / ``high`` bound the widget (``choices`` the CLI too); ``quick`` is the
+    value in the quick-preview preset (absent: the default)."""
     meta = {"help": help, "label": label, "flag": flag, "choices": choices, "low": low, "high": high}
+    if quick is not MISSING:
+        meta["quick"] = quick
     return field(default=default, metadata=meta)
 
 
@@ -97,6 +105,24 @@ def from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
 def defaults(cls: type) -> dict[str, Any]:
     """Default of every user field, by field name (what a page's widgets start at)."""
     return {f.name: default_of(f) for f in user_fields(cls)}
+
+
+PRESETS = ("quick", "paper")  # quick preview; paper-sized (the defaults)
+
+
+def preset_values(cls: type, preset: str) -> dict[str, Any]:
+    """Every user field's value in ``preset``: "paper" is the defaults, "quick" each field's
+    ``quick`` value where declared (else its default)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; one of {PRESETS}")
+    return {
+        f.name: f.metadata.get("quick", default_of(f)) if preset == "quick" else default_of(f) for f in user_fields(cls)
+    }
+
+
+def has_quick(cls: type) -> bool:
+    """Whether any user field of ``cls`` declares a quick-preview value."""
+    return any("quick" in f.metadata for f in user_fields(cls))
 
 
 def help_of(cls: type, name: str) -> str:

@@ -54,7 +54,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -82,8 +82,13 @@ Point = tuple[float, ...]
 
 @dataclass(frozen=True)
 class BasinConfig:
-    directions: int = option(2, "random directions for the 1-D curves", label="Random directions (1-D)", low=1, high=16)
-    points: int = option(9, "points per 1-D line, odd (Peng et al. 21)", label="Points per line (odd)", low=3, high=41)
+    quick_minutes: ClassVar[float] = 2  # the quick preset's time with 2 threads on the demo world
+    directions: int = option(
+        2, "random directions for the 1-D curves", label="Random directions (1-D)", low=1, high=16, quick=1
+    )
+    points: int = option(
+        9, "points per 1-D line, odd (Peng et al. 21)", label="Points per line (odd)", low=3, high=41, quick=7
+    )
     radius: float = option(
         0.0,
         "sampled range as a fraction of each tensor's norm; 0: fitted on the aligned model (Peng et al. 0.5)",
@@ -109,7 +114,7 @@ class BasinConfig:
         0.5, "outer end of the bisection bracket for the edge", label="Edge search bound", low=1e-3, high=4.0
     )
     search_steps: int = option(
-        5, "bisection steps per side of each direction", label="Edge search steps", low=1, high=12
+        5, "bisection steps per side of each direction", label="Edge search steps", low=1, high=12, quick=4
     )
     plane_points: int = option(
         5,
@@ -117,8 +122,11 @@ class BasinConfig:
         label="Plane points per axis (odd, 0: none)",
         low=0,
         high=21,
+        quick=3,
     )
-    prompts: int = option(16, "held-out harmful prompts per ASR point", label="Prompts per point", low=2, high=100)
+    prompts: int = option(
+        16, "held-out harmful prompts per ASR point", label="Prompts per point", low=2, high=100, quick=12
+    )
     max_new_tokens: int = option(16, "tokens generated per prompt", label="New tokens per prompt", low=1, high=512)
     judge: str | None = option(
         None,

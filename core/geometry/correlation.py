@@ -47,7 +47,7 @@ import contextlib
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -72,19 +72,21 @@ NAMESPACE = "correlate-v3"  # v3: null reference and delta norm in every set's a
 
 @dataclass(frozen=True)
 class CorrelationConfig:
+    quick_minutes: ClassVar[float] = 1  # the quick preset's time with 2 threads on the demo world
     tokens: str = option(
         "content",
         "content (response tokens, else the instruction's own; template tokens never), auto or all",
         label="Tokens",
         choices=TOKEN_RULES,
     )
-    n_per_set: int = option(100, "examples per set", label="Examples per set", flag="n", low=3)
+    n_per_set: int = option(100, "examples per set", label="Examples per set", flag="n", low=3, quick=40)
     null_seeds: int = option(
         3,
         "random directions for the null reference (base vs base + noise of the fine-tune's per-tensor norm); 0: none",
         label="Null-reference seeds",
         low=0,
         high=20,
+        quick=2,
     )
     null_examples: int = option(
         8,

@@ -94,7 +94,7 @@ import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -123,7 +123,8 @@ DEFAULT_TARGETS = ("q_proj", "v_proj")  # PEFT's LoRA default for Llama, for pai
 
 @dataclass(frozen=True)
 class CurvatureConfig:
-    k: int = option(8, "top eigenpairs by Lanczos", label="Top eigenpairs k", low=1, high=64)
+    quick_minutes: ClassVar[float] = 1.5  # the quick preset's time with 2 threads on the demo world, drift included
+    k: int = option(8, "top eigenpairs by Lanczos", label="Top eigenpairs k", low=1, high=64, quick=4)
     params: str = option(
         "adapter",
         "'adapter' (the fine-tune's LoRA target weight matrices, merged, in the last --layers layers) "
@@ -133,7 +134,9 @@ class CurvatureConfig:
     layers: int = option(
         6, "with --params adapter: the last N decoder layers (0: all)", label="Last layers (adapter)", low=0, high=200
     )
-    samples: int = option(8, "examples in the safety and task losses", label="Examples in each loss", low=1, high=256)
+    samples: int = option(
+        8, "examples in the safety and task losses", label="Examples in each loss", low=1, high=256, quick=4
+    )
     probe_tokens: int = option(
         48, "new tokens of the aligned model's own answers to the probe prompts", label="Probe answer tokens", low=4
     )
@@ -147,7 +150,7 @@ class CurvatureConfig:
     batch_size: int = 8
     max_length: int = 160
     lanczos_steps: int = option(
-        24, "Lanczos steps (one Hessian-vector product each)", label="Lanczos steps", low=2, high=1000
+        24, "Lanczos steps (one Hessian-vector product each)", label="Lanczos steps", low=2, high=1000, quick=12
     )
     lanczos_tol: float = option(
         1e-6,
@@ -157,7 +160,7 @@ class CurvatureConfig:
         low=0.0,
         high=1.0,
     )
-    trace_probes: int = option(8, "Hutchinson probes for tr(H)", label="Trace probes", low=2, high=256)
+    trace_probes: int = option(8, "Hutchinson probes for tr(H)", label="Trace probes", low=2, high=256, quick=4)
     density_runs: int = option(
         0,
         "spectral density by stochastic Lanczos quadrature: random probes on each model (0: off)",
@@ -1002,6 +1005,7 @@ class DriftConfig:
         flag="drift_steps",
         low=0,
         high=1000,
+        quick=24,
     )
     every: int = option(
         4, "probe the alignment loss every this many steps", label="Probe every (steps)", low=1, high=100
@@ -1012,7 +1016,9 @@ class DriftConfig:
     train_examples: int = option(
         8, "task examples in the drift's fixed full batch", label="Drift task examples", low=1, high=400
     )
-    probe_samples: int = option(32, "probe prompts whose alignment loss is recorded", label="Probe prompts", low=2)
+    probe_samples: int = option(
+        32, "probe prompts whose alignment loss is recorded", label="Probe prompts", low=2, quick=16
+    )
     exponent_tolerance: float = option(
         0.25,
         "the verdict widens the exponent's 95 percent interval by this much (the law is leading-order only)",

@@ -65,7 +65,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Callable, Iterator
+from typing import Callable, ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -99,8 +99,14 @@ Directions = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class LandscapeConfig:
+    quick_minutes: ClassVar[float] = 3  # the quick preset's time with 2 threads on the demo world, floor included
     grid: int = option(
-        7, "n x n grid points, n odd (interior Laplacian on (n-2)^2)", label="Grid points per axis", low=5, high=51
+        7,
+        "n x n grid points, n odd (interior Laplacian on (n-2)^2)",
+        label="Grid points per axis",
+        low=5,
+        high=51,
+        quick=5,
     )
     radius: float = option(
         0.0,
@@ -115,7 +121,9 @@ class LandscapeConfig:
         low=0.01,
         high=10.0,
     )
-    samples: int = option(8, "samples per loss evaluation (paper: 32)", label="Samples per loss", low=2, high=256)
+    samples: int = option(
+        8, "samples per loss evaluation (paper: 32)", label="Samples per loss", low=2, high=256, quick=4
+    )
     floor: bool = option(True, "noise floor: half-batch, same-model and second-seed differences (1.5x time)")
     tokens: str = option(
         "content", "tokens the loss counts (as in the correlation analysis)", label="Tokens", choices=TOKEN_RULES

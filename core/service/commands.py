@@ -33,6 +33,7 @@ from core.restoration.trajectory import TrajectoryConfig, trajectory_comparison
 from core.service import answer_cache
 from core.service.inputs import check_inputs
 from core.service.inputs import params as _params
+from core.service.warmup import cmd_warmup
 from core.world.capability import CapabilityConfig, capability_of_pair
 from core.world.capability import summary as capability_summary
 from core.world.data import load_prompts_file
@@ -98,6 +99,8 @@ def parser() -> argparse.ArgumentParser:
     _command(sub, "claims", "the papers' claims against this pair: each analysis at its defaults, with verdicts")
     m = sub.add_parser("methods", help="the restoration methods, their parameters and defaults")
     add_arguments(m, RunFlags)
+    wu = sub.add_parser("warmup", help="each analysis of the default demo world at its quick preset, into the cache")
+    add_arguments(wu, RunFlags)
     return ap
 
 
@@ -241,6 +244,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Progress], dict[str, Any]]] = 
     "capability": cmd_capability,
     "claims": cmd_claims,
     "methods": cmd_methods,
+    "warmup": cmd_warmup,
 }
 
 
