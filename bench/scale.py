@@ -7,7 +7,8 @@ random model as Safe LoRA's "unaligned original", and random text files of the d
 analyses that take set files. Each command runs as the CLI runs it, ``python -m core ... --json`` in
 its own process with tiny settings and a fresh cache, so nothing is answered from a cache.
 
-Peak memory: the process's peak RSS (``wait4``), and with CUDA ``torch.cuda.max_memory_allocated``.
+Landscape and basin run with ``--direction-memory regenerate`` (the lean path, reported in the
+"memory" column). Peak memory: the process's peak RSS (``wait4``), and with CUDA ``torch.cuda.max_memory_allocated``.
 "over base" is (peak RSS - the RSS of a process that only imports the engine) / weight bytes; at
 the tiny size the interpreter dominates and the ratio says little (targets apply from 135m up).
 
@@ -52,13 +53,16 @@ TARGETS = {"landscape": 1.5, "basin": 1.5, "curvature": 1.5, "restore direction"
 TARGETS["restore safelora"] = 2.0
 TINY = {
     "correlate": "--n 4 --null-seeds 1 --null-examples 3".split(),
-    "landscape": "--grid 5 --samples 2 --no-floor".split(),
+    "landscape": "--grid 5 --samples 2 --no-floor --direction-memory regenerate".split(),
     "curvature": (
         "--k 2 --layers 1 --samples 2 --probe-tokens 16 --lanczos-steps 4 --trace-probes 2 --drift-steps 4 "
         "--every 2 --train-examples 2 --probe-samples 4"
     ).split(),
     # a fixed range: a random model is not aligned, so no basin edge can be fitted on it
-    "basin": "--directions 1 --points 3 --plane-points 3 --prompts 2 --max-new-tokens 4 --radius 0.05".split(),
+    "basin": (
+        "--directions 1 --points 3 --plane-points 3 --prompts 2 --max-new-tokens 4 --radius 0.05 "
+        "--direction-memory regenerate"
+    ).split(),
 }
 LBFGS = ["iterations=1", "pairs=2", "pair_batch=2", "batch_size=2"]
 METHODS = {
@@ -173,6 +177,7 @@ def run_python(argv: list[str], env: dict[str, str], work: Path, timeout: float)
     answer = out.read_text().strip().splitlines()
     ok = proc.returncode == 0 and bool(answer) and answer[-1].startswith("{")
     return {
+        "path": _memory_path(answer[-1]) if ok else "",
         "wall_s": time.perf_counter() - start,
         "rss": usage.ru_maxrss * 1024,
         "cuda": int(peak.read_text()) if peak.exists() else None,
@@ -180,6 +185,14 @@ def run_python(argv: list[str], env: dict[str, str], work: Path, timeout: float)
         "ok": ok,
         "why": "" if ok else (lines[-1] if lines else f"exit {proc.returncode}")[:160],
     }
+
+
+def _memory_path(line: str) -> str:
+    """The ``direction_memory`` an answer reports (landscape: at the top; basin: per model), or ""."""
+    answer = json.loads(line)
+    parts = [answer, *(v for v in answer.values() if isinstance(v, dict))]
+    found = {p.get("direction_memory") for p in parts}
+    return ",".join(sorted(p for p in found if p))
 
 
 def commands(paths: dict[str, Path], sets: dict[str, Path], only: set[str]) -> list[tuple[str, list[str]]]:
@@ -258,13 +271,13 @@ def print_table(rows: list[dict], weights: int, base_rss: int) -> None:
     head = f"{'command':<26} {'wall s':>8} {'peak RSS MiB':>13} {'RSS/weights':>12} {'over base':>10}"
     head += f" {'CUDA/weights':>13}" if cuda else ""
     print(f"weights {weights / 2**20:.1f} MiB; engine import alone {base_rss / 2**20:.0f} MiB RSS")
-    print(head + f" {'target':>7}  result")
+    print(head + f" {'target':>7} {'memory':>10}  result")
     for r in rows:
         line = f"{r['command']:<26} {r['wall_s']:>8.1f} {r['rss'] / 2**20:>13.0f} {r['rss'] / weights:>12.1f}"
         line += f" {r['over_base']:>10.2f}"
         line += f" {r.get('cuda_ratio', float('nan')):>13.2f}" if cuda else ""
         target = f"{r['target']:.1f}" if r["target"] else "-"
-        print(line + f" {target:>7}  " + ("pass" if r["ok"] else f"FAIL ({r['why']})"))
+        print(line + f" {target:>7} {r['path'] or '-':>10}  " + ("pass" if r["ok"] else f"FAIL ({r['why']})"))
 
 
 if __name__ == "__main__":
