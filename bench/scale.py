@@ -143,10 +143,15 @@ def _peak():
     import torch
     if torch.cuda.is_available():
         open(os.environ["SCALE_PEAK_FILE"], "w").write(str(torch.cuda.max_memory_allocated()))
+    open(os.environ["SCALE_RSS_FILE"], "w").write(open("/proc/self/status").read())
 atexit.register(_peak)
 sys.argv = ["core", *sys.argv[1:]]
 runpy.run_module("core", run_name="__main__", alter_sys=True)
 """
+
+ENGINE_ONLY = (  # the engine imported, nothing run; its /proc status at exit as the wrapper writes it
+    "import os, core.service.commands; open(os.environ['SCALE_RSS_FILE'], 'w').write(open('/proc/self/status').read())"
+)
 
 
 def run(argv: list[str], env: dict[str, str], work: Path, timeout: float) -> dict:
@@ -156,14 +161,19 @@ def run(argv: list[str], env: dict[str, str], work: Path, timeout: float) -> dic
 
 
 def run_python(argv: list[str], env: dict[str, str], work: Path, timeout: float) -> dict:
-    """``python *argv`` measured as ``run`` says."""
-    out, err, peak = work / "stdout", work / "stderr", work / "cuda_peak"
-    peak.unlink(missing_ok=True)
-    start = time.perf_counter()
+    """``python *argv`` measured as ``run`` says. Peak RSS is the process's own ``VmHWM`` (sampled
+    while it runs, and read at exit): ``wait4``'s ``ru_maxrss`` also counts the forked copy of this
+    process before ``exec``, so it never reads below this process's own RSS (the fallback without /proc)."""
+    out, err, peak, status_file = work / "stdout", work / "stderr", work / "cuda_peak", work / "proc_status"
+    for f in (peak, status_file):
+        f.unlink(missing_ok=True)
+    env = {**env, "SCALE_PEAK_FILE": str(peak), "SCALE_RSS_FILE": str(status_file)}
+    start, hwm = time.perf_counter(), 0
     with open(out, "w") as o, open(err, "w") as e:
         proc = subprocess.Popen([sys.executable, *argv], stdout=o, stderr=e, cwd=ROOT, env=env)
         deadline = start + timeout
         while True:
+            hwm = max(hwm, _hwm(Path(f"/proc/{proc.pid}/status")))
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
@@ -179,12 +189,21 @@ def run_python(argv: list[str], env: dict[str, str], work: Path, timeout: float)
     return {
         "path": _memory_path(answer[-1]) if ok else "",
         "wall_s": time.perf_counter() - start,
-        "rss": usage.ru_maxrss * 1024,
+        "rss": max(hwm, _hwm(status_file)) or usage.ru_maxrss * 1024,
         "cuda": int(peak.read_text()) if peak.exists() else None,
         "rc": proc.returncode,
         "ok": ok,
         "why": "" if ok else (lines[-1] if lines else f"exit {proc.returncode}")[:160],
     }
+
+
+def _hwm(status: Path) -> int:
+    """``VmHWM`` in bytes from a /proc status text, 0 if unreadable."""
+    try:
+        text = status.read_text()
+    except OSError:
+        return 0
+    return next((int(ln.split()[1]) * 1024 for ln in text.splitlines() if ln.startswith("VmHWM:")), 0)
 
 
 def _memory_path(line: str) -> str:
@@ -247,7 +266,7 @@ def main() -> int:
             "SAFETY_ALLOWED_ROOTS": str(root),
         }
         common = ["--json", "--threads", str(args.threads), "--device", args.device]
-        base = run_python(["-c", "import core.service.commands"], env, root, args.timeout)  # the engine alone
+        base = run_python(["-c", ENGINE_ONLY], env, root, args.timeout)  # the engine alone
         base_rss = base["rss"]
         rows = []
         for name, argv in commands(paths, sets, {c for c in args.only.split(",") if c}):
