@@ -187,7 +187,7 @@ class LazyLayerDirection(lean.LazyDirection):
             self.scales[name] = p.detach().float().norm().cpu() / self.noise.draw(name, p.shape).norm()
 
     def make(self, name: str) -> torch.Tensor:
-        return (self.noise.draw(name, self.shapes[name]) * self.scales[name]).to(self.like[name])
+        return self.noise.draw(name, self.shapes[name]).mul_(self.scales[name]).to(self.like[name])  # in place
 
 
 class Perturber:

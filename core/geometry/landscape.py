@@ -263,10 +263,10 @@ class LazyGradientDirection(lean.LazyDirection):
 
     def _raw(self, name: str) -> torch.Tensor:
         g = self.grads[name]
-        return g.float() * self.noise.draw(name, g.shape).to(g.device)
+        return self.noise.draw(name, g.shape).to(g.device).mul_(g.float())  # in place: one tensor, same product
 
     def make(self, name: str) -> torch.Tensor:
-        return (self._raw(name) / self.norm).to(self.grads[name].dtype)
+        return self._raw(name).div_(self.norm).to(self.grads[name].dtype)
 
 
 class LazyRandomDirection(lean.LazyDirection):
