@@ -122,6 +122,7 @@ class DiskTensors(Mapping):
     def __init__(self, specs: Mapping[str, torch.Tensor], items: Iterable[tuple[str, torch.Tensor]]):
         """``specs``: name -> a tensor of the shape, dtype and device to expect (e.g. the parameter);
         ``items``: (name, tensor) in the same order, consumed one at a time."""
+        return_freed_memory()  # its readers' per-tensor temporaries go back to the system
         folder = cache_dir() / "scratch"
         folder.mkdir(parents=True, exist_ok=True)
         fd, self.path = tempfile.mkstemp(suffix=".safetensors", dir=folder)
