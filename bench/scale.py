@@ -7,7 +7,8 @@ random model as Safe LoRA's "unaligned original", and random text files of the d
 analyses that take set files. Each command runs as the CLI runs it, ``python -m core ... --json`` in
 its own process with tiny settings and a fresh cache, so nothing is answered from a cache.
 
-Peak memory: the process's peak RSS (``wait4``), and with CUDA ``torch.cuda.max_memory_allocated``.
+Landscape and basin run with ``--direction-memory regenerate`` (the lean path, reported in the
+"memory" column). Peak memory: the process's peak RSS (``wait4``), and with CUDA ``torch.cuda.max_memory_allocated``.
 "over base" is (peak RSS - the RSS of a process that only imports the engine) / weight bytes; at
 the tiny size the interpreter dominates and the ratio says little (targets apply from 135m up).
 
@@ -52,13 +53,16 @@ TARGETS = {"landscape": 1.5, "basin": 1.5, "curvature": 1.5, "restore direction"
 TARGETS["restore safelora"] = 2.0
 TINY = {
     "correlate": "--n 4 --null-seeds 1 --null-examples 3".split(),
-    "landscape": "--grid 5 --samples 2 --no-floor".split(),
+    "landscape": "--grid 5 --samples 2 --no-floor --direction-memory regenerate".split(),
     "curvature": (
         "--k 2 --layers 1 --samples 2 --probe-tokens 16 --lanczos-steps 4 --trace-probes 2 --drift-steps 4 "
         "--every 2 --train-examples 2 --probe-samples 4"
     ).split(),
     # a fixed range: a random model is not aligned, so no basin edge can be fitted on it
-    "basin": "--directions 1 --points 3 --plane-points 3 --prompts 2 --max-new-tokens 4 --radius 0.05".split(),
+    "basin": (
+        "--directions 1 --points 3 --plane-points 3 --prompts 2 --max-new-tokens 4 --radius 0.05 "
+        "--direction-memory regenerate"
+    ).split(),
 }
 LBFGS = ["iterations=1", "pairs=2", "pair_batch=2", "batch_size=2"]
 METHODS = {
@@ -139,10 +143,15 @@ def _peak():
     import torch
     if torch.cuda.is_available():
         open(os.environ["SCALE_PEAK_FILE"], "w").write(str(torch.cuda.max_memory_allocated()))
+    open(os.environ["SCALE_RSS_FILE"], "w").write(open("/proc/self/status").read())
 atexit.register(_peak)
 sys.argv = ["core", *sys.argv[1:]]
 runpy.run_module("core", run_name="__main__", alter_sys=True)
 """
+
+ENGINE_ONLY = (  # the engine imported, nothing run; its /proc status at exit as the wrapper writes it
+    "import os, core.service.commands; open(os.environ['SCALE_RSS_FILE'], 'w').write(open('/proc/self/status').read())"
+)
 
 
 def run(argv: list[str], env: dict[str, str], work: Path, timeout: float) -> dict:
@@ -152,14 +161,19 @@ def run(argv: list[str], env: dict[str, str], work: Path, timeout: float) -> dic
 
 
 def run_python(argv: list[str], env: dict[str, str], work: Path, timeout: float) -> dict:
-    """``python *argv`` measured as ``run`` says."""
-    out, err, peak = work / "stdout", work / "stderr", work / "cuda_peak"
-    peak.unlink(missing_ok=True)
-    start = time.perf_counter()
+    """``python *argv`` measured as ``run`` says. Peak RSS is the process's own ``VmHWM`` (sampled
+    while it runs, and read at exit): ``wait4``'s ``ru_maxrss`` also counts the forked copy of this
+    process before ``exec``, so it never reads below this process's own RSS (the fallback without /proc)."""
+    out, err, peak, status_file = work / "stdout", work / "stderr", work / "cuda_peak", work / "proc_status"
+    for f in (peak, status_file):
+        f.unlink(missing_ok=True)
+    env = {**env, "SCALE_PEAK_FILE": str(peak), "SCALE_RSS_FILE": str(status_file)}
+    start, hwm = time.perf_counter(), 0
     with open(out, "w") as o, open(err, "w") as e:
         proc = subprocess.Popen([sys.executable, *argv], stdout=o, stderr=e, cwd=ROOT, env=env)
         deadline = start + timeout
         while True:
+            hwm = max(hwm, _hwm(Path(f"/proc/{proc.pid}/status")))
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
@@ -173,13 +187,31 @@ def run_python(argv: list[str], env: dict[str, str], work: Path, timeout: float)
     answer = out.read_text().strip().splitlines()
     ok = proc.returncode == 0 and bool(answer) and answer[-1].startswith("{")
     return {
+        "path": _memory_path(answer[-1]) if ok else "",
         "wall_s": time.perf_counter() - start,
-        "rss": usage.ru_maxrss * 1024,
+        "rss": max(hwm, _hwm(status_file)) or usage.ru_maxrss * 1024,
         "cuda": int(peak.read_text()) if peak.exists() else None,
         "rc": proc.returncode,
         "ok": ok,
         "why": "" if ok else (lines[-1] if lines else f"exit {proc.returncode}")[:160],
     }
+
+
+def _hwm(status: Path) -> int:
+    """``VmHWM`` in bytes from a /proc status text, 0 if unreadable."""
+    try:
+        text = status.read_text()
+    except OSError:
+        return 0
+    return next((int(ln.split()[1]) * 1024 for ln in text.splitlines() if ln.startswith("VmHWM:")), 0)
+
+
+def _memory_path(line: str) -> str:
+    """The ``direction_memory`` an answer reports (landscape: at the top; basin: per model), or ""."""
+    answer = json.loads(line)
+    parts = [answer, *(v for v in answer.values() if isinstance(v, dict))]
+    found = {p.get("direction_memory") for p in parts}
+    return ",".join(sorted(p for p in found if p))
 
 
 def commands(paths: dict[str, Path], sets: dict[str, Path], only: set[str]) -> list[tuple[str, list[str]]]:
@@ -234,7 +266,7 @@ def main() -> int:
             "SAFETY_ALLOWED_ROOTS": str(root),
         }
         common = ["--json", "--threads", str(args.threads), "--device", args.device]
-        base = run_python(["-c", "import core.service.commands"], env, root, args.timeout)  # the engine alone
+        base = run_python(["-c", ENGINE_ONLY], env, root, args.timeout)  # the engine alone
         base_rss = base["rss"]
         rows = []
         for name, argv in commands(paths, sets, {c for c in args.only.split(",") if c}):
@@ -258,13 +290,13 @@ def print_table(rows: list[dict], weights: int, base_rss: int) -> None:
     head = f"{'command':<26} {'wall s':>8} {'peak RSS MiB':>13} {'RSS/weights':>12} {'over base':>10}"
     head += f" {'CUDA/weights':>13}" if cuda else ""
     print(f"weights {weights / 2**20:.1f} MiB; engine import alone {base_rss / 2**20:.0f} MiB RSS")
-    print(head + f" {'target':>7}  result")
+    print(head + f" {'target':>7} {'memory':>10}  result")
     for r in rows:
         line = f"{r['command']:<26} {r['wall_s']:>8.1f} {r['rss'] / 2**20:>13.0f} {r['rss'] / weights:>12.1f}"
         line += f" {r['over_base']:>10.2f}"
         line += f" {r.get('cuda_ratio', float('nan')):>13.2f}" if cuda else ""
         target = f"{r['target']:.1f}" if r["target"] else "-"
-        print(line + f" {target:>7}  " + ("pass" if r["ok"] else f"FAIL ({r['why']})"))
+        print(line + f" {target:>7} {r['path'] or '-':>10}  " + ("pass" if r["ok"] else f"FAIL ({r['why']})"))
 
 
 if __name__ == "__main__":

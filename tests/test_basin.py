@@ -32,6 +32,8 @@ class Surface:
     """ASR(r) = 100 min(1, (r / scale)^2) at distance r from the centre, as per-prompt flags
     (the first round(9 (r/scale)^2) of 9 prompts are harmful)."""
 
+    path = "stored"
+
     def __init__(self, scale: float):
         self.scale, self.calls = scale, []
 

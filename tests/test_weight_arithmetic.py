@@ -4,6 +4,7 @@ two recorded steps, and the cached, atomically written unaligned model."""
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import replace
 
 import pytest
@@ -339,3 +340,25 @@ def test_unaligned_model_failure_or_cancel_leaves_nothing(monkeypatch, tokenizer
     with pytest.raises(Cancelled):
         wa.unaligned_model_dir(base, FORGET, config, Progress(cancel=cancel))
     assert set(root.iterdir()) == before
+
+
+def test_resta_and_safelora_hold_one_model_at_a_time(
+    tokenizer, tiny_model_dir, tiny_adapter_dir, unaligned_dir, fake_unaligned, monkeypatch
+):
+    """The reference weights are read one tensor at a time (issue 13): never two models alive."""
+    alive, most = weakref.WeakSet(), [0]
+
+    def tracked(spec, merge=False):
+        model = load_model(spec, merge=merge)
+        alive.add(model)
+        most[0] = max(most[0], len(alive))
+        return model
+
+    for module in (resta, safelora, wa):
+        monkeypatch.setattr(module, "load_model", tracked)
+    ctx, _ = make_ctx(tokenizer, tiny_model_dir, tiny_adapter_dir)
+    model = resta.run_resta(ctx, resta.RestaConfig(scale=0.7)).model
+    assert most[0] == 1
+    del model
+    safelora.run_safelora(ctx, safelora.SafeLoraConfig(threshold=1.0, unaligned=str(unaligned_dir)))
+    assert most[0] == 1

@@ -12,14 +12,14 @@ T = TypeVar("T")
 
 def cosine(a: torch.Tensor | Mapping[str, torch.Tensor], b: torch.Tensor | Mapping[str, torch.Tensor]) -> float:
     """Cosine of two vectors, each a tensor or a dict of tensors (a direction over named
-    weights, flattened and concatenated in key order), accumulated in float64."""
-    if isinstance(a, Mapping):
-        a_parts, b_parts = [a[k] for k in a], [b[k] for k in a]
-    else:
-        a_parts, b_parts = [a], [b]
-    dot = sum(float((x.double() * y.double().to(x.device)).sum()) for x, y in zip(a_parts, b_parts))
-    na = sum(float(x.double().pow(2).sum()) for x in a_parts) ** 0.5
-    nb = sum(float(y.double().pow(2).sum()) for y in b_parts) ** 0.5
+    weights, flattened and concatenated in key order), accumulated in float64, one pair of tensors at a time."""
+    pairs = ((a[k], b[k]) for k in a) if isinstance(a, Mapping) else [(a, b)]
+    dot = na = nb = 0.0  # one pass, one pair at a time (lazy directions hold one tensor each)
+    for x, y in pairs:
+        dot += float((x.double() * y.double().to(x.device)).sum())
+        na += float(x.double().pow(2).sum())
+        nb += float(y.double().pow(2).sum())
+    na, nb = na**0.5, nb**0.5
     return dot / (na * nb)
 
 

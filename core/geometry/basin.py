@@ -8,7 +8,10 @@ The plane's second direction is not orthogonalised; its cosine with the first is
 Each point's weights are theta0 + a d_1 (+ b d_2), computed per tensor in fp32 from theta0 and
 cast once to the model's dtype (Peng et al. walk the plane in snake order adding increments,
 which in bf16 accumulates rounding; we never accumulate); theta0 is copied back bit-exactly.
-The directions are stored in the model's dtype (one model's worth of memory each).
+The directions are stored in the model's dtype (one model's worth of memory each), or with
+``--direction-memory regenerate`` recomputed per tensor from their seeds when a point is set, theta0
+in a scratch file (``core.base.lean``): the same bits in about the model's memory; ``auto`` stores
+when the copies fit comfortably in free memory.
 
 At each point the judge (default: the refusal-keyword judge of Peng et al.'s code; ``--judge
 module:function`` or a Hugging Face classifier or guard model for another, ``core.world.judge``)
@@ -52,13 +55,14 @@ plane sharing its axes with the lines, 16 prompts, 16 new tokens.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Mapping
 
 import numpy as np
 import torch
 
+from core.base import lean
 from core.base.cache import memoize
 from core.base.errors import InputError
 from core.base.options import from_args, option
@@ -136,6 +140,7 @@ class BasinConfig:
     judge_label: str = option(
         "", JudgeOptions.__dataclass_fields__["judge_label"].metadata["help"], label="Judge's harmful label"
     )
+    direction_memory: str = lean.direction_memory_option()
     batch_size: int = 16
     seed: int = 0
 
@@ -179,23 +184,41 @@ def layer_normalised_direction(params: dict[str, torch.Tensor], seed: int) -> di
     return out
 
 
+class LazyLayerDirection(lean.LazyDirection):
+    """``layer_normalised_direction`` recomputed one tensor at a time (the same bits): the
+    Gaussians replayed per tensor, each tensor's scale kept from one first pass."""
+
+    def __init__(self, params: dict[str, torch.Tensor], seed: int):
+        super().__init__(params)
+        self.noise, self.scales = lean.Gaussians(seed), {}
+        self.like = {n: torch.empty(0, dtype=p.dtype, device=p.device) for n, p in params.items()}
+        self.shapes = {n: p.shape for n, p in params.items()}
+        for name, p in params.items():
+            self.scales[name] = p.detach().float().norm().cpu() / self.noise.draw(name, p.shape).norm()
+
+    def make(self, name: str) -> torch.Tensor:
+        return self.noise.draw(name, self.shapes[name]).mul_(self.scales[name]).to(self.like[name])  # in place
+
+
 class Perturber:
     """Sets theta0 + sum_k c_k d_k in place: per tensor in fp32 from theta0, cast once to the
-    parameter's dtype; ``restore`` copies theta0 back bit-exactly."""
+    parameter's dtype; ``restore`` copies theta0 back bit-exactly. Theta0 is stored, or kept off
+    the device one tensor at a time (``path`` "regenerate", ``core.base.lean``)."""
 
-    def __init__(self, params: dict[str, torch.nn.Parameter]):
+    def __init__(self, params: dict[str, torch.nn.Parameter], path: str = "stored"):
         self.params = params
-        self.theta0 = {n: p.detach().clone() for n, p in params.items()}
+        self.theta0 = lean.theta0_copy(params, path)
 
     @torch.no_grad()
-    def set(self, terms: list[tuple[float, dict[str, torch.Tensor]]]) -> None:
+    def set(self, terms: list[tuple[float, Mapping[str, torch.Tensor]]]) -> None:
         live = [(float(c), d) for c, d in terms if c]
         for n, p in self.params.items():
+            theta0 = self.theta0[n]
             if not live or p.dtype == torch.float32:
-                p.copy_(self.theta0[n])
+                p.copy_(theta0)
             if not live:
                 continue
-            acc = p if p.dtype == torch.float32 else self.theta0[n].to(torch.float32)
+            acc = p if p.dtype == torch.float32 else theta0.to(torch.float32)
             for coef, d in live:
                 acc.add_(d[n].to(torch.float32), alpha=coef)
             if acc is not p:
@@ -203,6 +226,11 @@ class Perturber:
 
     def restore(self) -> None:
         self.set([])
+
+    def close(self) -> None:
+        """Restore theta0 and release its copy."""
+        self.restore()
+        lean.close(self.theta0)
 
 
 def _key(coefs: Point) -> Point:
@@ -233,8 +261,12 @@ class PointOracle:
         self.model = load_model(spec, merge=True)
         self.tokenizer = load_tokenizer(spec)
         params = basin_parameters(self.model)
-        self.dirs = [layer_normalised_direction(params, config.seed * 1000 + k) for k in range(n_directions)]
-        self.perturber = Perturber(params)
+        device = next(iter(params.values())).device  # stored: theta0, the directions and a transient copy
+        extra = (n_directions + 2) * lean.nbytes(params.values())
+        self.path = lean.choose_path(config.direction_memory, extra, device)
+        make = LazyLayerDirection if self.path == "regenerate" else layer_normalised_direction
+        self.dirs = [make(params, config.seed * 1000 + k) for k in range(n_directions)]
+        self.perturber = Perturber(params, self.path)
         self.prompts, self.config, self.judge = prompts, config, load_judge(config.judge, config.judge_label)
 
     def __call__(self, coefs: Point) -> np.ndarray:
@@ -253,7 +285,7 @@ class PointOracle:
         return cosine(self.dirs[0], self.dirs[1]) if len(self.dirs) > 1 else None
 
     def close(self) -> None:
-        self.perturber.restore()
+        self.perturber.close()
 
 
 def open_oracle(spec: ModelSpec, prompts: list[str], config: BasinConfig, n_directions: int) -> PointOracle:
@@ -516,6 +548,7 @@ def _model_basin(
         out = sample_basin(oracle, radius, config, progress, label, load)
         if config.plane_points:
             out["plane_cosine"] = oracle.plane_cosine()
+        out["direction_memory"] = oracle.path
     finally:
         oracle.close()
     out["seconds"] = time.monotonic() - t0
@@ -546,7 +579,7 @@ def safety_basin(
         key = {
             "model": fingerprint(spec),
             "prompts": data_fingerprint(used),
-            "config": asdict(config),
+            "config": lean.answer_config(config),
             "judge": judge,
             "radius": fit["radius"],
         }
@@ -587,6 +620,7 @@ BASIN_KEYS = (
     "prompts",
     "judge",
     "seconds",
+    "direction_memory",
 )
 
 

@@ -56,6 +56,13 @@ about 2 x 10^5 token positions) fits 15 minutes on 2 idle CPU cores for the 135M
 a 9 x 9 grid or 16 samples would not. ``--grid 11 --samples 32`` (and ``--no-floor``) are options.
 Losses count the ``content`` tokens and are cut at 256 tokens, as in the correlation analysis
 (``core.world.loss``).
+
+Memory (``--direction-memory``, issue 13): stored, theta0, both directions and each set's gradient
+are copies of the perturbed weights (about 5 on top of the model); ``regenerate`` recomputes each
+direction's tensor when a point is set, keeps theta0 and the gradients in scratch files read one
+tensor at a time (``core.base.lean``) and takes the gradient in groups of at most a quarter of the
+model's bytes (one backward pass each), for the same bits; ``auto`` (the default) stores when
+that fits comfortably in free memory. The answer's ``direction_memory`` says which ran.
 """
 
 from __future__ import annotations
@@ -63,14 +70,15 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
-from typing import Callable, ClassVar, Iterator
+from typing import Callable, ClassVar, Iterator, Mapping
 
 import numpy as np
 import torch
 from scipy import stats
 
+from core.base import lean
 from core.base.cache import memoize
 from core.base.errors import InputError
 from core.base.options import from_args, option
@@ -139,6 +147,7 @@ class LandscapeConfig:
     modules: tuple[str, ...] = option(
         ("self_attn", "mlp"), "comma-separated module kinds to perturb", label="Perturbed modules"
     )
+    direction_memory: str = lean.direction_memory_option()
 
     def validate(self) -> None:
         if self.grid < 5 or self.grid % 2 == 0:
@@ -170,7 +179,7 @@ def perturbed_parameters(model: torch.nn.Module, modules: tuple[str, ...]) -> di
     return params
 
 
-def global_norm(tensors: dict[str, torch.Tensor]) -> float:
+def global_norm(tensors: Mapping[str, torch.Tensor]) -> float:
     """L2 norm of all tensors taken as one vector (accumulated in float64)."""
     return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors.values()))
 
@@ -186,8 +195,23 @@ def mean_loss(model, batches: list[dict]) -> float:
     return total / count
 
 
-def gradient(model, params: dict[str, torch.nn.Parameter], batches: list[dict]) -> dict[str, torch.Tensor]:
-    """Gradient of the mean per-example loss over the batches, for the given parameters only."""
+def gradient(
+    model, params: dict[str, torch.nn.Parameter], batches: list[dict], group_bytes: int | None = None
+) -> Mapping[str, torch.Tensor]:
+    """Gradient of the mean per-example loss over the batches, for the given parameters only.
+    ``group_bytes`` (the lean path): one backward pass per group of consecutive tensors of at most
+    that many bytes, each group's gradient written to a scratch file before the next (the same bits)."""
+    if group_bytes is None:
+        return _gradient(model, params, batches)
+    groups: list[dict[str, torch.nn.Parameter]] = [{}]
+    for name, p in params.items():
+        if groups[-1] and lean.nbytes([*groups[-1].values(), p]) > group_bytes:
+            groups.append({})
+        groups[-1][name] = p
+    return lean.DiskTensors(params, (item for g in groups for item in _gradient(model, g, batches).items()))
+
+
+def _gradient(model, params: dict[str, torch.nn.Parameter], batches: list[dict]) -> dict[str, torch.Tensor]:
     for p in model.parameters():
         p.requires_grad_(False)
     for p in params.values():
@@ -199,7 +223,7 @@ def gradient(model, params: dict[str, torch.nn.Parameter], batches: list[dict]) 
             for i in range(0, batch["input_ids"].shape[0], GRAD_CHUNK):  # small chunks bound the activations
                 chunk = {k: v[i : i + GRAD_CHUNK] for k, v in batch.items()}
                 (per_example_loss(model, chunk).sum() / n).backward()
-        return {name: p.grad.detach().clone() for name, p in params.items()}
+        return {name: p.grad.detach() for name, p in params.items()}  # kept once p.grad is reset
     finally:
         for p in params.values():
             p.grad = None
@@ -232,12 +256,53 @@ def random_direction(
     return out
 
 
+class LazyGradientDirection(lean.LazyDirection):
+    """``gradient_direction`` recomputed one tensor at a time (the same bits): the global norm from
+    one first pass over the tensors, the Gaussians replayed per tensor."""
+
+    def __init__(self, grads: Mapping[str, torch.Tensor], seed: int):
+        super().__init__(grads)
+        self.grads, self.noise, total = grads, lean.Gaussians(seed), 0.0
+        for n in self.names:
+            total += float(self._raw(n).double().pow(2).sum())
+        self.norm = math.sqrt(total)
+        if not self.norm > 0:
+            raise InputError(
+                "The loss gradient is zero on the landscape samples.", "use other samples or --directions random."
+            )
+
+    def _raw(self, name: str) -> torch.Tensor:
+        g = self.grads[name]
+        return self.noise.draw(name, g.shape).to(g.device).mul_(g.float())  # in place: one tensor, same product
+
+    def make(self, name: str) -> torch.Tensor:
+        return self._raw(name).div_(self.norm).to(self.grads[name].dtype)
+
+
+class LazyRandomDirection(lean.LazyDirection):
+    """``random_direction`` recomputed one tensor at a time (the same bits)."""
+
+    def __init__(self, params: dict[str, torch.Tensor], seed: int, row_norms: dict[str, torch.Tensor] | None = None):
+        super().__init__(params)
+        self.like = {n: torch.empty(0, dtype=p.dtype, device=p.device) for n, p in params.items()}
+        self.shapes = {n: p.shape for n, p in params.items()}
+        own = row_norms is None
+        self.norms = {n: p.detach().norm(dim=1, keepdim=True) for n, p in params.items()} if own else row_norms
+        self.noise = lean.Gaussians(seed)
+        for n in self.names:  # the draws in order, so that each can be replayed alone
+            self.noise.draw(n, self.shapes[n])
+
+    def make(self, name: str) -> torch.Tensor:
+        d = self.noise.draw(name, self.shapes[name]).to(self.like[name])
+        return d * (self.norms[name] / d.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+
 # ---------------------------------------------------------------------------- grid (eq. 7)
 def set_point(
     params: dict[str, torch.nn.Parameter],
-    theta0: dict[str, torch.Tensor],
-    d1: Directions,
-    d2: Directions | None,
+    theta0: Mapping[str, torch.Tensor],
+    d1: Mapping[str, torch.Tensor],
+    d2: Mapping[str, torch.Tensor] | None,
     a: float,
     b: float = 0.0,
 ) -> None:
@@ -254,15 +319,17 @@ def set_point(
 
 
 @contextmanager
-def restoring(params: dict[str, torch.nn.Parameter]) -> Iterator[dict[str, torch.Tensor]]:
-    """Yield a copy of the weights (theta0) and copy it back bit-exactly on leaving (also on error)."""
-    theta0 = {n: p.detach().clone() for n, p in params.items()}
+def restoring(params: dict[str, torch.nn.Parameter], path: str = "stored") -> Iterator[Mapping[str, torch.Tensor]]:
+    """Yield a copy of the weights (theta0: clones, or off the device for ``regenerate``) and copy
+    it back bit-exactly on leaving (also on error)."""
+    theta0 = lean.theta0_copy(params, path)
     try:
         yield theta0
     finally:
         with torch.no_grad():
             for n, p in params.items():
                 p.data.copy_(theta0[n])
+        lean.close(theta0)
 
 
 def surface(
@@ -276,6 +343,7 @@ def surface(
     label: str,
     part: str = "all",
     load: Callable | None = None,
+    path: str = "stored",
 ) -> np.ndarray:
     """Loss on the grid, row by row (row i = coefficient a_i on d1); each row is a partial result.
     With ``load`` (a replica of this model: ``landscape_replica``) and a scale-out session, the
@@ -291,7 +359,7 @@ def surface(
         shown = {"label": label, "part": part, "row": i, "values": values[i].tolist(), "coords": coords.tolist()}
         return f"{label} ({part}): row {i + 1}/{len(coords)}", shown
 
-    with restoring(params) as theta0:
+    with restoring(params, path) as theta0:
         shared = (d1, d2, coords, batches)
         map_shards(_grid_row, range(len(coords)), shared, (model, params, theta0), load, progress, report)
     return values
@@ -363,10 +431,12 @@ def fit_radius(
     }
 
 
-def _fit(model, params, d1: Directions, batches: list[dict], config: LandscapeConfig, progress: Progress) -> dict:
+def _fit(
+    model, params, d1: Mapping, batches: list[dict], config: LandscapeConfig, progress: Progress, path: str
+) -> dict:
     """Fit the radius along d1 on the base model (see the module docstring)."""
     scale = global_norm(params) / global_norm(d1)  # the step that moves the weights by ||theta_P||
-    with restoring(params) as theta0:
+    with restoring(params, path) as theta0:
         loss0 = mean_loss(model, batches)
 
         def loss_along(t: float) -> float:
@@ -426,11 +496,28 @@ def _parts(examples: list[Example], config: LandscapeConfig) -> dict[str, list[E
     return {"a": ex[: len(ex) // 2], "b": ex[len(ex) // 2 :]}
 
 
-def _directions(params, reference, seeds: tuple[int, int], config: LandscapeConfig) -> tuple[Directions, Directions]:
-    """The direction pair of ``seeds``: from the base's gradient, or random with the base's row norms."""
+def _directions(params, reference, seeds: tuple[int, int], config: LandscapeConfig, path: str) -> tuple:
+    """The direction pair of ``seeds``: from the base's gradient, or random with the base's row
+    norms; stored, or recomputed per tensor when read (``regenerate``)."""
+    lazy = path == "regenerate"
     if config.directions == "random":
-        return random_direction(params, seeds[0], reference), random_direction(params, seeds[1], reference)
-    return gradient_direction(reference, seeds[0]), gradient_direction(reference, seeds[1])
+        make = LazyRandomDirection if lazy else random_direction
+        return make(params, seeds[0], reference), make(params, seeds[1], reference)
+    make = LazyGradientDirection if lazy else gradient_direction
+    return make(reference, seeds[0]), make(reference, seeds[1])
+
+
+def _memory_path(model, params, n_sets: int, config: LandscapeConfig) -> str:
+    """Stored or regenerated directions: what ``--direction-memory`` says, or (auto) stored when
+    theta0, the two directions, the sets' gradients and a transient copy fit comfortably."""
+    copies = 4 + (n_sets if config.directions == "gradient" else 0)
+    device = next(iter(params.values())).device
+    return lean.choose_path(config.direction_memory, copies * lean.nbytes(params.values()), device)
+
+
+def _gradient_group(model) -> int:
+    """Lean gradients: groups of at most a quarter of the model's weight bytes."""
+    return lean.nbytes(model.parameters()) // 4
 
 
 def _jobs(config: LandscapeConfig) -> dict[tuple[int, int], list[tuple[str, str]]]:
@@ -446,19 +533,21 @@ def _everything(parts: dict[str, list[dict]]) -> list[dict]:
 
 def _prepare(model, params, data: dict, config: LandscapeConfig, state: dict, progress: Progress) -> None:
     """On the base model: what defines each set's directions (gradient or row norms), then the radius."""
+    path = state["memory"] = _memory_path(model, params, len(data), config)
+    group = _gradient_group(model) if path == "regenerate" else None
     for k, (set_name, parts) in enumerate(data.items()):
         if config.directions == "random":
             state["reference"][set_name] = {n: p.detach().norm(dim=1, keepdim=True) for n, p in params.items()}
         else:
             progress.update(k / (len(data) + 1), f"{set_name}: gradient for the directions")
-            state["reference"][set_name] = gradient(model, params, _everything(parts))
+            state["reference"][set_name] = gradient(model, params, _everything(parts), group)
     if config.radius > 0:
         state["radius"] = {"radius": config.radius, "fitted": False}
         return
     fit_set, t = next((s for s in FIT_SETS if s in data), next(iter(data))), time.monotonic()
-    d1, _ = _directions(params, state["reference"][fit_set], DIRECTION_SEEDS, config)
+    d1, _ = _directions(params, state["reference"][fit_set], DIRECTION_SEEDS, config, path)
     stage = progress.stage(len(data) / (len(data) + 1), 1.0)
-    fit = _fit(model, params, d1, _everything(data[fit_set]), config, stage)
+    fit = _fit(model, params, d1, _everything(data[fit_set]), config, stage, path)
     state["radius"] = {**fit, "fitted": True, "set": fit_set, "seconds": time.monotonic() - t}
 
 
@@ -469,14 +558,17 @@ def _set_surfaces(name, spec, model, params, set_name, parts, config, state, pro
     jobs, out = _jobs(config), {}
     n_jobs, done = sum(len(v) for v in jobs.values()), 0
     for seeds, surfaces in jobs.items():
-        d1, d2 = _directions(params, state["reference"][set_name], seeds, config)
+        d1 = d2 = None  # the previous pair goes before the next is made
+        d1, d2 = _directions(params, state["reference"][set_name], seeds, config, state["memory"])
         if name == "base":
             state["cosine"].setdefault(set_name, {})[str(seeds)] = cosine(d1, d2)
         for part, batch in surfaces:
             t, label = time.monotonic(), f"{set_name}/{name}"
             stage = progress.stage(done / n_jobs, (done + 1) / n_jobs)
             load = partial(landscape_replica, spec, config.modules)
-            out[part] = surface(model, params, d1, d2, coords, parts[batch], stage, label, part, load)
+            out[part] = surface(
+                model, params, d1, d2, coords, parts[batch], stage, label, part, load=load, path=state["memory"]
+            )
             state["seconds"][f"{label}/{part}"] = time.monotonic() - t
             done += 1
     return out
@@ -564,6 +656,7 @@ def _answer(raw: dict, sizes: dict, order: list[str], config: LandscapeConfig, s
         "structural_difference_floor": {},
         "structural_difference_repeats": {},
         "seconds": state["seconds"],
+        "direction_memory": state["memory"],
     }
     for s, by in surfaces.items():
         if "finetuned" not in by:
@@ -592,7 +685,7 @@ def loss_landscape(
     key = {
         "models": {k: fingerprint(v) for k, v in pair.items()},
         "data": {k: data_fingerprint(v[: config.samples]) for k, v in sets.items()},
-        "config": asdict(config),
+        "config": lean.answer_config(config),
     }
     return memoize("landscape-v2", key, lambda: _compute(pair, sets, config, progress or Progress()))
 

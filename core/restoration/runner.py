@@ -315,18 +315,15 @@ def restore(
     spec = restored_spec(record)
     if request.evaluate:
         ev = progress.stage(0.8, 1.0)
-        record["before"] = _evaluate(
-            pair["finetuned"],
-            load_model(pair["finetuned"]),
-            tok,
-            request.seed,
-            [],
-            request.eval,
-            ev.stage(0, 0.3),
-            judge,
-        )
-        after = _report(spec, out.model, tok, request.seed, [], request.eval, ev.stage(0.3, 0.6), judge)
+        record["before"] = None  # the record's order; evaluated once the restored model is freed (one in memory)
+        after = _report(spec, out.model, tok, request.seed, [], request.eval, ev.stage(0, 0.3), judge)
         record["after"], record["after_flags"] = summary(after), outcome_flags(after)
+        out = None
+        finetuned = load_model(pair["finetuned"])
+        record["before"] = _evaluate(
+            pair["finetuned"], finetuned, tok, request.seed, [], request.eval, ev.stage(0.3, 0.6), judge
+        )
+        del finetuned
     record.update(status="done", finished=time.time())
     recorder.save()
     record = with_capability(record, request, progress.stage(0.8, 1.0).stage(0.6, 1.0))

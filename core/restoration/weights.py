@@ -2,6 +2,10 @@
 (``core.restoration.methods``): the unaligned model, full-weight updates applied tensor by tensor,
 and the LoRA modules of a PeftModel.
 
+Reference weights (the base, the unaligned model) are kept in scratch safetensors files once
+loaded (``weights_on_disk``) and read back one tensor at a time, so the arithmetic holds one
+model in memory, not three (issue 13); the bits are those of the loaded model.
+
 The unaligned model (shared by ``resta`` and ``safelora``) is the base fine-tuned with LoRA on
 harmful compliance data (the run's forget set: harmful prompts with the fine-tune's compliant
 answers), with the demo world's attack recipe on every linear layer so v covers every weight a
@@ -13,9 +17,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
+from core.base import lean
 from core.base.cache import atomic_dir, stable_hash
 from core.base.paths import cache_dir
 from core.base.progress import Progress
@@ -77,14 +83,20 @@ def named_weights(model) -> dict[str, torch.Tensor]:
     return dict(model.named_parameters())
 
 
-def distances_to(model, base: dict[str, torch.Tensor]) -> dict[str, float]:
+def weights_on_disk(model) -> lean.DiskTensors:
+    """A loaded model's weights in a scratch safetensors file, each read back alone (``core.base.lean``):
+    the model itself can then be freed."""
+    return lean.DiskTensors(dict(model.named_parameters()), model.named_parameters())
+
+
+def distances_to(model, base: Mapping[str, torch.Tensor]) -> dict[str, float]:
     """Distances of an unchanged fine-tuned model: 0 to itself, ||theta_ft - theta_base|| to the base."""
     sq = sum(float((p.detach().float() - base[n].detach().float()).pow(2).sum()) for n, p in model.named_parameters())
     return {"distance_to_finetuned": 0.0, "distance_to_base": math.sqrt(sq)}
 
 
 @torch.no_grad()
-def apply_update(model, base: dict[str, torch.Tensor], update) -> dict[str, float]:
+def apply_update(model, base: Mapping[str, torch.Tensor], update) -> dict[str, float]:
     """Replace every weight p by ``update(name, p, p_base)`` (float32 in, cast back) in place and
     return the distances of the result to the fine-tuned (the old p) and base weights, as
     ``delta_distances`` defines them, one tensor at a time so no second model copy is kept."""

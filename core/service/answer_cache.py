@@ -27,7 +27,8 @@ from core.base.paths import cache_dir
 from core.world.choice import WorldChoice
 
 PRINT_FLAGS = ("--json", "--no-json")  # change how an answer prints, never the answer
-VALUE_FLAGS = ("--threads", "--workers", "--ray-address")  # the same: their value is dropped with them
+# the same (how, not what, is computed): their value is dropped with them
+VALUE_FLAGS = ("--threads", "--workers", "--ray-address", "--direction-memory")
 NEVER = ("--judge", "--rebuild")
 ENGINE = Path(__file__).resolve().parents[1]  # core/
 PRESENTATION = ("present", "service")  # draw, run or cache answers; never change one

@@ -37,8 +37,8 @@ Where we depart from the paper (and from its code, see REFERENCES.md):
 * A non-finite direction loss stops the run with the last completed round's weights.
 
 Memory: the current model, plus base and fine-tuned copies of the candidate weights only (the
-other weights never change). Fine for the 135M demo; for a 7B model both copies could live on
-CPU, moved to the device a tensor at a time.
+other weights never change), each in a scratch safetensors file read one tensor at a time
+(``core.base.lean``, issue 13), plus one round's gradients and masks.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.base import lean
 from core.base.errors import InputError
 from core.base.tensors import chunks, cosine
 from core.restoration.context import RestoreContext
@@ -367,7 +368,7 @@ class _Recovery:
         self.ctx, self.config, self.model, self.layer = ctx, config, model, layer
         self.params = eligible_parameters(model, layer)
         self.base_ref, self.rest_sq = base_ref, rest_sq
-        self.ft_ref = {n: p.detach().clone() for n, p in self.params.items()}
+        self.ft_ref = lean.DiskTensors(self.params, ((n, p.detach()) for n, p in self.params.items()))
         self.harmful, self.aligned = harmful, aligned
         self.recovery_prompts = [e.prompt for e in ctx.data.recovery]
         self.rollback_prompts = [e.prompt for e in ctx.data.rollback]
@@ -494,7 +495,8 @@ def _load_references(ctx: RestoreContext, model, layer: int, batch_size: int) ->
     with torch.no_grad():
         rest = ((p, base_params[n]) for n, p in model.named_parameters() if n not in eligible)
         rest_sq = sum(float((p.float() - b.float()).pow(2).sum()) for p, b in rest)
-    return harmful, {n: base_params[n].detach() for n in eligible}, rest_sq
+    kept = {n: base_params[n].detach() for n in eligible}
+    return harmful, lean.DiskTensors(kept, kept.items()), rest_sq  # read one tensor at a time (issue 13)
 
 
 @register(

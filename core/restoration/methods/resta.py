@@ -33,7 +33,7 @@ from core.restoration.weights import (
     apply_update,
     distances_to,
     load_unaligned,
-    named_weights,
+    weights_on_disk,
 )
 from core.world.data import harmful_splits
 from core.world.generation import generate
@@ -80,14 +80,19 @@ def dare(v: torch.Tensor, drop_rate: float, generator: torch.Generator) -> torch
 )
 def run_resta(ctx: RestoreContext, config: RestaConfig) -> RestoreOutput:
     """theta_base + DARE(theta_ft - theta_base) + scale * v over every weight; a full model."""
-    base_model = load_model(ctx.base)
-    base = named_weights(base_model)
+    base_model = load_model(ctx.base)  # its validation rate (greedy) now, its weights on disk: one model in memory
+    trials = {}
+    if not config.scale:
+        trials["base"] = _harmful_rate(base_model, ctx.tokenizer, _prompts(ctx, config), ctx.judge)
+    base = weights_on_disk(base_model)
+    del base_model
+    unaligned = weights_on_disk(load_unaligned(ctx, config.unalign))
     model = load_model(ctx.finetuned, merge=True)
     ctx.record_step(model, **distances_to(model, base))
-    unaligned = named_weights(load_unaligned(ctx, config.unalign))
-    scale, trials = config.scale, {}
+    scale = config.scale
     if scale == 0:
-        scale, trials = _choose_scale(ctx, config, model, base_model, base, unaligned)
+        scale = _choose_scale(ctx, config, model, base, unaligned, trials)
+        model = None  # the trial model goes before the fine-tune is loaded again
         model = load_model(ctx.finetuned, merge=True)  # the chosen scale is applied once, exactly, below
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(ctx.seed)
     v_sq = [0.0]
@@ -110,12 +115,15 @@ def run_resta(ctx: RestoreContext, config: RestaConfig) -> RestoreOutput:
     return RestoreOutput(model, "model", notes)
 
 
-def _choose_scale(ctx: RestoreContext, config: RestaConfig, model, base_model, base, unaligned) -> tuple[float, dict]:
-    """The validation rule of the module docstring; returns (scale, harmful rate per tried scale).
-    Candidates are tried by moving the model along v in fp32 per tensor (the final model is
-    rebuilt exactly from the fine-tune afterwards)."""
-    prompts = [e.prompt for e in harmful_splits(ctx.seed)["curvature"][: config.validation_prompts]]
-    trials = {"base": _harmful_rate(base_model, ctx.tokenizer, prompts, ctx.judge)}
+def _prompts(ctx: RestoreContext, config: RestaConfig) -> list[str]:
+    return [e.prompt for e in harmful_splits(ctx.seed)["curvature"][: config.validation_prompts]]
+
+
+def _choose_scale(ctx: RestoreContext, config: RestaConfig, model, base, unaligned, trials: dict) -> float:
+    """The validation rule of the module docstring: the chosen scale; ``trials`` (the base's rate
+    given) gets the harmful rate per tried scale. Candidates are tried by moving the model along v
+    in fp32 per tensor (the final model is rebuilt exactly from the fine-tune afterwards)."""
+    prompts = _prompts(ctx, config)
     current = 0.0
     for scale in sorted(config.candidates):
         step = scale - current
@@ -124,8 +132,8 @@ def _choose_scale(ctx: RestoreContext, config: RestaConfig, model, base_model, b
         trials[str(scale)] = _harmful_rate(model, ctx.tokenizer, prompts, ctx.judge)
         ctx.progress.update(0.9, f"resta scale {scale}: validation harmful {trials[str(scale)]:.0f}%")
         if trials[str(scale)] <= trials["base"] + config.margin:
-            return scale, trials
-    return current, trials
+            return scale
+    return current
 
 
 def _harmful_rate(model, tokenizer, prompts: list[str], judge: Judge) -> float:

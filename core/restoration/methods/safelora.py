@@ -27,7 +27,7 @@ from core.restoration.distances import delta_distances, lora_deltas
 from core.restoration.registry import RestoreOutput, register
 from core.restoration.weights import (
     lora_modules,
-    named_weights,
+    weights_on_disk,
 )
 from core.world.demo import is_demo_base, raw_model_path
 from core.world.models import ModelSpec, load_model
@@ -94,11 +94,11 @@ def projection_similarity(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> 
 )
 def run_safelora(ctx: RestoreContext, config: SafeLoraConfig) -> RestoreOutput:
     """B -> C B for the LoRA modules the mode selects (see the module docstring)."""
+    base = weights_on_disk(load_model(ctx.base))  # read one tensor at a time: one model in memory
+    unaligned = weights_on_disk(load_model(unaligned_original(ctx, config)))
     model = load_model(ctx.finetuned)
     before = lora_deltas(model)
     ctx.record_step(model, **delta_distances(before, before))
-    base = named_weights(load_model(ctx.base))
-    unaligned = named_weights(load_model(unaligned_original(ctx, config)))
     projections, similarity, no_matrix = {}, {}, []
     with torch.no_grad():
         for name, module in lora_modules(model):
