@@ -63,7 +63,7 @@ class ScaleOut:
 def require_ray() -> Any:
     """The ``ray`` module, or a one-line error naming the fix."""
     try:
-        import ray
+        import ray  # optional: only a scale-out run needs it
     except ImportError:
         raise InputError(
             "--workers > 1 and --ray-address need Ray, which is not installed.", "pip install ray"
@@ -169,7 +169,7 @@ class Replica:
     driver's environment of the moment (its cache folder, offline flags)."""
 
     def __init__(self, threads: int):
-        import torch
+        import torch  # in the Ray worker process, which starts without the engine
 
         torch.set_num_threads(threads)
         self.key: str | None = None

@@ -244,7 +244,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Progress], dict[str, Any]]] = 
     "capability": cmd_capability,
     "claims": cmd_claims,
     "methods": cmd_methods,
-    "warmup": cmd_warmup,
+    "warmup": lambda args, progress: cmd_warmup(args, progress, execute),
 }
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import Any, Callable
 
 from core.base.errors import Cancelled
 from core.base.options import argv_for, preset_values
@@ -38,12 +38,12 @@ def planned() -> list[list[str]]:
     return [quick_argv(name) for name in ORDER]
 
 
-def cmd_warmup(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
-    """Run each planned analysis not yet in the answer cache; one fraction over all of them, the
-    current one named. The first update carries the plan (a page finds its place in it); a failed
-    analysis is reported and the rest still run; cancelling stops at the current one's next step."""
-    from core.service.commands import execute  # commands registers this command: import at call time
-
+def cmd_warmup(args: argparse.Namespace, progress: Progress, execute: Callable) -> dict[str, Any]:
+    """Run each planned analysis not yet in the answer cache through ``execute`` (the command
+    table's, passed in by it: this module does not import the table that registers it); one
+    fraction over all of them, the current one named. The first update carries the plan (a page
+    finds its place in it); a failed analysis is reported and the rest still run; cancelling stops
+    at the current one's next step."""
     plan = planned()
     progress.update(0.0, "warm-up: starting", partial={"plan": plan})
     out: dict[str, Any] = {}
