@@ -16,6 +16,8 @@ machine (the load average is printed at each step):
 
     .venv/bin/python bench/fresh_machine.py                 # ~30 min on 2 cores
     .venv/bin/python bench/fresh_machine.py --keep /tmp/fm  # keep the clone (and its venv) afterwards
+    .venv/bin/python bench/fresh_machine.py --keep /tmp/fm --install-only   # then the same without
+    # --install-only: the install measured alone, the rest later from the kept clone
 """
 
 from __future__ import annotations
@@ -87,15 +89,28 @@ def figures(url: str, browser) -> dict[str, bool]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--keep", type=Path, help="clone into this (new) folder and keep it")
+    ap.add_argument("--install-only", action="store_true", help="with --keep: clone and install, then stop")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds to wait for world and warm-up")
     args = ap.parse_args()
+    if args.install_only and not args.keep:
+        raise SystemExit("--install-only needs --keep DIR (the later run continues from it)")
     work = args.keep or Path(tempfile.mkdtemp(prefix="fresh-machine-"))
+    work.mkdir(parents=True, exist_ok=True)
     clone = work / "clone"
     log: dict = {"load_at_start": os.getloadavg()[0], "cores": os.cpu_count()}
     t0 = time.perf_counter()
-    subprocess.run(["git", "clone", "--quiet", "--local", str(ROOT), str(clone)], check=True)
-    subprocess.run(["make", "install"], cwd=clone, check=True, stdout=subprocess.DEVNULL)
-    step(log, "install", t0)
+    installed = work / "install.json"
+    if installed.exists():  # --keep DIR from an --install-only run: its measured install time counts
+        log["install"] = json.loads(installed.read_text())
+        t0 -= log["install"]["s"]
+        print(f"install (from {installed}): {log['install']['s'] / 60:.1f} min", flush=True)
+    else:
+        subprocess.run(["git", "clone", "--quiet", "--local", str(ROOT), str(clone)], check=True)
+        subprocess.run(["make", "install"], cwd=clone, check=True, stdout=subprocess.DEVNULL)
+        step(log, "install", t0)
+        if args.install_only:
+            installed.write_text(json.dumps(log["install"]))
+            return
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFETY_")}
