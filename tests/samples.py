@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.world.data import Example
+
 COORDS = [-0.5, -0.25, 0.0, 0.25, 0.5]
 
 
@@ -284,3 +286,8 @@ def compare_result() -> dict:
         for i, m in enumerate(("base", "finetuned", "curvature", "gradient-ascent"))
     ]
     return {"table": rows, "runs": {}, "skipped": []}
+
+
+def arithmetic_examples(n: int, tag: str) -> list[Example]:
+    """``n`` short question-answer pairs (prompt tagged with ``tag``) for the tiny-model geometry tests."""
+    return [Example(f"{tag} question number {i}: what is {i} plus {i * 3}?", f"It is {i + i * 3}.") for i in range(n)]

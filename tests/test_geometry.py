@@ -7,6 +7,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import torch
+from samples import arithmetic_examples
 
 from core.base.errors import InputError
 from core.base.progress import Progress
@@ -27,10 +28,6 @@ from core.geometry.landscape import (
 )
 from core.world.data import Example
 from core.world.models import ModelSpec, load_model
-
-
-def _examples(n: int, tag: str) -> list[Example]:
-    return [Example(f"{tag} question number {i}: what is {i} plus {i * 3}?", f"It is {i + i * 3}.") for i in range(n)]
 
 
 @pytest.fixture()
@@ -70,7 +67,7 @@ def test_gradient_directions_are_eq6_with_one_global_norm(tiny_model_dir, tokeni
     from core.world.loss import encode
 
     model, params = _tiny_params(tiny_model_dir)
-    grads = gradient(model, params, [encode(tokenizer, _examples(4, "g"))])
+    grads = gradient(model, params, [encode(tokenizer, arithmetic_examples(4, "g"))])
     d1, d2 = gradient_direction(grads, 1000), gradient_direction(grads, 2000)
     assert global_norm(d1) == pytest.approx(1.0, rel=1e-6) and global_norm(d2) == pytest.approx(1.0, rel=1e-6)
     gen = torch.Generator().manual_seed(1000)
@@ -131,7 +128,7 @@ def test_surface_restores_weights_exactly_and_center_is_the_model_loss(tiny_mode
 
     model, params = _tiny_params(tiny_model_dir)
     before = {n: p.detach().clone() for n, p in params.items()}
-    batches = [encode(tokenizer, _examples(4, "s"))]
+    batches = [encode(tokenizer, arithmetic_examples(4, "s"))]
     d1, d2 = random_direction(params, 1), random_direction(params, 2)
     coords = np.linspace(-0.1, 0.1, 5)
     values = surface(model, params, d1, d2, coords, batches, Progress(), "t")
@@ -159,7 +156,7 @@ def test_fit_radius_caps_flat_losses_and_treats_nan_as_risen():
 
 
 def _landscape_sets() -> dict[str, list[Example]]:
-    return {"harmful": _examples(4, "h"), "benign": _examples(4, "b")}
+    return {"harmful": arithmetic_examples(4, "h"), "benign": arithmetic_examples(4, "b")}
 
 
 def test_landscape_end_to_end_reports_rows_floor_and_is_cached(pair):
@@ -225,7 +222,7 @@ def test_fitted_radius_raises_the_base_benign_loss_by_the_rise(pair):
 )
 def test_landscape_bad_input_is_one_line_error(pair, kwargs):
     with pytest.raises(InputError) as err:
-        loss_landscape(pair, {"harmful": _examples(3, "h")}, LandscapeConfig(samples=3, **kwargs))
+        loss_landscape(pair, {"harmful": arithmetic_examples(3, "h")}, LandscapeConfig(samples=3, **kwargs))
     assert "\n" not in str(err.value) and "Fix:" in str(err.value)
 
 
@@ -236,7 +233,7 @@ def test_cancelled_landscape_stores_nothing_and_restores_weights(pair):
 
     cancel = threading.Event()
     config = LandscapeConfig(grid=5, radius=0.1, samples=3)
-    sets = {"harmful": _examples(3, "c")}
+    sets = {"harmful": arithmetic_examples(3, "c")}
 
     def stop_after_first_row(event):
         if event.partial and event.partial.get("row") == 0:

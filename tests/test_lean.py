@@ -9,6 +9,7 @@ from dataclasses import asdict, replace
 import numpy as np
 import pytest
 import torch
+from samples import arithmetic_examples
 
 from core.base import lean
 from core.base.errors import InputError
@@ -24,13 +25,8 @@ from core.geometry.landscape import (
     perturbed_parameters,
     random_direction,
 )
-from core.world.data import Example
 from core.world.loss import encode_batches
 from core.world.models import ModelSpec, load_model
-
-
-def _examples(n: int, tag: str) -> list[Example]:
-    return [Example(f"{tag} question number {i}: what is {i} plus {i * 3}?", f"It is {i + i * 3}.") for i in range(n)]
 
 
 def _same(a, b) -> bool:
@@ -70,7 +66,7 @@ def test_auto_stores_when_the_copies_fit_and_regenerates_otherwise():
 def test_grouped_gradient_and_lazy_directions_are_the_stored_bits(tiny_model_dir, tokenizer):
     model = load_model(ModelSpec(str(tiny_model_dir)))
     params = perturbed_parameters(model, ("self_attn", "mlp"))
-    batches = encode_batches(tokenizer, _examples(3, "g"), 2, 64, "content")
+    batches = encode_batches(tokenizer, arithmetic_examples(3, "g"), 2, 64, "content")
     full = gradient(model, params, batches)
     one_tensor = max(p.numel() * p.element_size() for p in params.values())
     grouped = gradient(model, params, batches, group_bytes=one_tensor)  # one backward pass per tensor
@@ -86,7 +82,7 @@ def test_lean_landscape_is_the_stored_answer_without_a_full_copy(
     tiny_model_dir, tiny_adapter_dir, monkeypatch, directions
 ):
     pair = {"base": ModelSpec(str(tiny_model_dir)), "finetuned": ModelSpec(str(tiny_model_dir), str(tiny_adapter_dir))}
-    sets = {"harmful": _examples(2, "h"), "benign": _examples(2, "b")}
+    sets = {"harmful": arithmetic_examples(2, "h"), "benign": arithmetic_examples(2, "b")}
     config = LandscapeConfig(grid=5, samples=2, floor=False, directions=directions, direction_memory="stored")
     monkeypatch.setattr(landscape, "difference_interval", lambda b, f: (0.0, 1.0))  # the bootstrap: seconds
     stored = landscape._compute(pair, sets, config, Progress())  # the fitted radius too (radius 0)

@@ -21,6 +21,7 @@ import json
 import os
 import tempfile
 import weakref
+from abc import abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict
 
@@ -235,8 +236,9 @@ class LazyDirection(Mapping):
     def __init__(self, shapes: Mapping[str, torch.Tensor]):
         self.names = list(shapes)
 
+    @abstractmethod
     def make(self, name: str) -> torch.Tensor:
-        raise NotImplementedError
+        """The direction's tensor for weight ``name``, recomputed (each subclass says from what)."""
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return HELD.track(self.make(name))
