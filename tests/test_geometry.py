@@ -114,6 +114,27 @@ def test_every_grid_point_is_the_closed_form_in_bf16_and_weights_come_back(tiny_
     assert all(torch.equal(theta0[n], p) for n, p in params.items())
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_grid_row_from_its_base_is_set_point_bit_for_bit(tiny_model_dir, monkeypatch, dtype):
+    import core.geometry.landscape as landscape
+
+    model, params = _tiny_params(tiny_model_dir, dtype=dtype)
+    theta0 = {n: p.detach().clone() for n, p in params.items()}
+    kept = {n: p.clone() for n, p in theta0.items()}
+    d1, d2 = random_direction(params, 1), random_direction(params, 2)
+    coords = np.linspace(-0.3, 0.3, 4)
+    seen: list[dict] = []
+    monkeypatch.setattr(
+        landscape, "mean_loss", lambda m, b: seen.append({n: p.detach().clone() for n, p in params.items()}) or 1.0
+    )
+    for row_base in (True, False):
+        landscape._grid_row((model, params, theta0), (d1, d2, coords, [], row_base), 1)
+    from_base, per_point = seen[:4], seen[4:]
+    assert all(torch.equal(x[n], y[n]) for x, y in zip(from_base, per_point) for n in params)
+    assert not torch.equal(from_base[0][next(iter(params))], from_base[1][next(iter(params))])
+    assert all(torch.equal(theta0[n], p) for n, p in kept.items())  # the base never wrote into theta0
+
+
 def test_set_point_without_a_second_direction_moves_along_the_first(tiny_model_dir):
     _, params = _tiny_params(tiny_model_dir)
     theta0 = {n: p.detach().clone() for n, p in params.items()}
