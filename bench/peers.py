@@ -10,7 +10,7 @@ parameters (issue 15's table), printed as ratios with agreement checks:
     Lanczos of before and scipy ``eigsh`` over curvlinops' operator (PyHessian's power iteration
     with ``--pyhessian-eigenvalues``, slow);
 (c) one landscape grid point / one forward: ``core.geometry.landscape.surface`` against
-    loss-landscapes' ``random_plane`` (5 x 5 each, directions timed apart).
+    loss-landscapes' ``random_plane``, each point's cost the slope between a 3 x 3 and a 6 x 6 grid.
 
 The peers are optional: each row is measured for a peer only when it imports. Install them for
 the bench only, never into requirements.txt, e.g. a venv that sees this project's packages:
@@ -284,11 +284,13 @@ def eigenvalues(
 
 
 # ---------------------------------------------------------------------------- (c) landscape
-def landscape(model, batch: dict, reps: int, grid: int = 5) -> dict:
+def landscape(model, batch: dict, reps: int, grids: tuple[int, int] = (3, 6), forwards: int = 5) -> dict:
     """Per grid point / one forward, for this project's ``surface`` and loss-landscapes'
-    ``random_plane`` on the same model and batch; each turn times a forward, our grid and the
-    peer's grid one after the other, and the ratios are medians over turns (the machine's load
-    changes between turns, not within one)."""
+    ``random_plane`` on the same model and batch. A point's cost is the slope between a small and a
+    large grid, (t_large - t_small) / (n_large^2 - n_small^2), for both tools alike: what each pays
+    once per grid (directions, theta0, restoring the weights) drops out. One forward is the mean of
+    ``forwards`` consecutive ones, steady like the grid's (a lone forward ran ~5% slower). Each turn
+    times every call once, in turn; the ratios are medians over turns."""
     for p in model.parameters():
         p.requires_grad_(False)
     batches = [batch]
@@ -297,10 +299,16 @@ def landscape(model, batch: dict, reps: int, grid: int = 5) -> dict:
     t = time.perf_counter()
     d1, d2 = random_direction(params, 1), random_direction(params, 2)
     directions = time.perf_counter() - t
-    coords = np.linspace(-0.01, 0.01, grid)
+    small, large = grids
+    extra = large**2 - small**2
+
+    def ours(n: int) -> None:
+        surface(model, params, d1, d2, np.linspace(-0.01, 0.01, n), batches, Progress(), "bench")
+
     fns = {
-        "forward": lambda: mean_loss(model, batches),
-        "ours": lambda: surface(model, params, d1, d2, coords, batches, Progress(), "bench"),
+        "forward": lambda: [mean_loss(model, batches) for _ in range(forwards)],
+        "ours_small": lambda: ours(small),
+        "ours_large": lambda: ours(large),
     }
     try:
         import loss_landscapes
@@ -309,30 +317,31 @@ def landscape(model, batch: dict, reps: int, grid: int = 5) -> dict:
         peer = f"not importable ({e})"
     else:
         metric, wrapped = Loss(ExampleMeanLoss(), batch, batch["labels"]), Logits(model)
+        start = [p.detach().clone() for p in model.parameters()]
 
         def plane(steps: int) -> None:
             with torch.no_grad():
                 loss_landscapes.random_plane(wrapped, metric, distance=100, steps=steps, normalization="filter")
+                for p, p0 in zip(model.parameters(), start):  # it leaves the weights at its last point
+                    p.copy_(p0)
 
-        peer = {"setup": lambda: plane(1), "grid": lambda: plane(grid)}  # setup: directions and one point
-    if isinstance(peer, dict):
-        fns.update(peer_setup=peer["setup"], peer_grid=peer["grid"])
+        peer = {"peer_small": lambda: plane(small), "peer_large": lambda: plane(large)}
+        fns.update(peer)
     rows = [interleaved_times(fns, 1) for _ in range(reps)]
-    ratio = lambda key, points: float(np.median([r[key] / points / r["forward"] for r in rows]))  # noqa: E731
+    forward = [r["forward"] / forwards for r in rows]
+
+    def tool(key: str) -> dict:
+        points = [(r[f"{key}_large"] - r[f"{key}_small"]) / extra for r in rows]
+        turns = [pt / f for pt, f in zip(points, forward)]
+        once = [r[f"{key}_small"] - small**2 * pt for r, pt in zip(rows, points)]
+        return {"ratio": float(np.median(turns)), "turns": turns, "point_s": float(np.median(points)), "once_s": once}
+
     out = {
-        "forward_s": float(np.median([r["forward"] for r in rows])),
-        "ours": {"ratio": ratio("ours", grid**2), "directions_s": directions},
+        "forward_s": float(np.median(forward)),
+        "grids": list(grids),
+        "ours": {**tool("ours"), "directions_s": directions},
     }
-    out["ours"]["point_s"] = out["ours"]["ratio"] * out["forward_s"]
-    if not isinstance(peer, dict):
-        out["loss_landscapes"] = {"skipped": peer}
-        return out
-    points = [(r["peer_grid"] - r["peer_setup"]) / (grid**2 - 1) for r in rows]
-    out["loss_landscapes"] = {
-        "ratio": float(np.median([pt / r["forward"] for pt, r in zip(points, rows)])),
-        "point_s": float(np.median(points)),
-        "directions_s": float(np.median([r["peer_setup"] for r in rows])) - float(np.median(points)),
-    }
+    out["loss_landscapes"] = tool("peer") if isinstance(peer, dict) else {"skipped": peer}
     return out
 
 
@@ -375,7 +384,7 @@ def main() -> None:
                 model, params, batch, args.steps, args.tol, args.pyhessian_eigenvalues, not args.no_fixed
             )
         if "c" in rows:
-            out["landscape"] = landscape(model, batch, args.reps)
+            out["landscape"] = landscape(load_model(spec, merge=True), batch, args.reps)  # as the app: merged
     report(out)
     print(json.dumps(out))
 
@@ -434,12 +443,15 @@ def report_eigenvalues(b: dict) -> None:
 
 def report_landscape(c: dict) -> None:
     print(f"(c) one landscape grid point / one forward ({c['forward_s']:.3f} s):")
-    print(f"    this project: {c['ours']['ratio']:.2f}x (directions {c['ours']['directions_s']:.2f} s)")
+    turns = lambda row: ", ".join(f"{t:.3f}" for t in row["turns"])  # noqa: E731
+    ours = c["ours"]
+    once = lambda row: f"once per grid {np.median(row['once_s']):.2f} s"  # noqa: E731
+    print(f"    this project: {ours['ratio']:.3f}x (turns {turns(ours)}; {once(ours)})")
     ll = c["loss_landscapes"]
     if "skipped" in ll:
         print(f"    loss-landscapes: skipped, {ll['skipped']}")
     else:
-        print(f"    loss-landscapes: {ll['ratio']:.2f}x (directions {ll['directions_s']:.2f} s)")
+        print(f"    loss-landscapes: {ll['ratio']:.3f}x (turns {turns(ll)}; {once(ll)}, directions included)")
 
 
 if __name__ == "__main__":
