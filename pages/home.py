@@ -7,6 +7,7 @@ import streamlit as st
 from core.base.errors import InputError
 from core.base.options import help_of
 from core.base.paths import shown_path
+from core.present import figures
 from core.service import warmup
 from core.world.choice import WorldChoice
 from core.world.data import BENIGN_SPLIT_SIZES, BORDERLINE_SPLIT_SIZES, HARMFUL_SPLIT_SIZES
@@ -111,6 +112,7 @@ if ui.is_demo():
     world = ui.analysis(["world", *world_args], "demo world build", autostart=not world_args)
     if world:
         cards(world["metrics"])
+        ui.figure(figures.pair_bars(world["metrics"]), "base-vs-finetuned")
         met = world["targets"]
         st.caption(
             f"World targets: {sum(met.values())}/{len(met)} met · "
@@ -128,4 +130,5 @@ else:
     _, eval_opts = ui.options(EvalOptions, "evaluation")  # judge, generation length, capability items
     result = ui.analysis(["evaluate", *ui.pair_args(), *eval_opts], "evaluation of both models")
     if result:
-        cards({k: v for k, v in result.items() if k in ("base", "finetuned")})
+        cards(pair := {k: v for k, v in result.items() if k in ("base", "finetuned")})
+        ui.figure(figures.pair_bars(pair), "base-vs-finetuned")

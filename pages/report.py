@@ -5,23 +5,33 @@ from datetime import date
 import streamlit as st
 
 import core.geometry.analyses  # noqa: F401  (importing it registers every analysis)
+from core.base.options import argv_for, preset_values
 from core.geometry.claims import RULES, claims_table
 from core.geometry.registry import ANALYSES
 from core.present import figures
 from core.present.export import Section, report_html, report_json
 from core.present.figures import FIGURES
 from core.restoration.store import list_runs
-from core.service import jobs
+from core.service import jobs, warmup
 from pages import ui
 
 RUN_COLUMNS = ("harmful_rate", "prefill_asr", "task_exact_match", "over_refusal", "visage")
 ui.page_header(
-    "Report", "Every finished analysis of this pair, with the settings last used on each page (defaults otherwise)."
+    "Report",
+    "Every finished analysis of this pair, with the settings last used on each page (otherwise what the page "
+    "opens on: the quick preview on the demo world, the defaults on your own pair).",
 )
 
 
 def _argv(page: str, default: list[str]) -> list[str]:
     return st.session_state.get("argv", {}).get(page, default)
+
+
+def _opening_argv(name: str) -> list[str]:
+    """The command line analysis ``name``'s page builds in a fresh session (``ui.options``): the
+    quick preset on the demo world (the warm-up's answer), the defaults on a researcher's pair."""
+    preset = "quick" if ui.is_demo() else "paper"
+    return [name, *ui.pair_args(), *(t for c in ANALYSES[name].configs for t in argv_for(c, preset_values(c, preset)))]
 
 
 def _answer(argv: list[str]) -> dict | None:
@@ -42,7 +52,7 @@ def sections() -> list[Section]:
         )
     answers = {}
     for name, analysis in ANALYSES.items():
-        answers[name] = r = _answer(_argv(name, [name, *ui.pair_args()]))
+        answers[name] = r = _answer(_argv(name, _opening_argv(name)))
         if r:
             f = FIGURES[name]
             out.append(Section(analysis.title, f.text, f.figures(r), f.tables(r), f.numbers(r)))
@@ -57,7 +67,7 @@ def sections() -> list[Section]:
                 numbers={"claims": rows, "rules": RULES},
             )
         )
-    restore_argv = _argv("restoration", [])
+    restore_argv = _argv("restoration", warmup.quick_restore_argv() if ui.is_demo() else [])
     if restore_argv and (r := _answer(restore_argv)):
         out.append(
             Section(
@@ -128,9 +138,9 @@ c2.download_button(
     on_click="ignore",
 )
 preview = st.toggle(
-    "Preview the figures here",
-    value=False,
-    help="They are always in the HTML report; drawing them all here takes a few seconds.",
+    "Show the figures here",
+    value=True,
+    help="They are always in the HTML report; off: tables only (drawing every figure takes a few seconds).",
 )
 for s in parts:
     st.subheader(s.title)

@@ -8,7 +8,7 @@ import core.restoration.methods  # noqa: F401  (importing it registers every met
 from core.base.paths import is_adapter_dir, shown_path
 from core.present import figures
 from core.restoration.methods.curvature import iteration_table, pair_table
-from core.restoration.registry import METHODS, settable
+from core.restoration.registry import METHODS, param_tokens, preset_params, settable
 from core.restoration.store import list_runs
 from core.world.eval_options import EvalOptions
 from pages import ui
@@ -19,11 +19,6 @@ ui.page_header(
     "curvature-aware influence updates (paper 1), direction-based weight restoration (paper 2) and baselines.",
 )
 _, eval_opts = ui.options(EvalOptions, "evaluation")  # judge, generation length, capability items
-st.caption(
-    "No quick preview here: a restoration run is not part of the warm-up, since even the curvature method "
-    "took about 10 minutes on the demo world (README, 2 shared cores, evaluation before and after included); "
-    "a run starts only when you click Run."
-)
 PAPER_METHODS = ["curvature", "direction"]  # listed first; LoRA-only methods need an adapter
 methods = {
     name: {"summary": m.summary, "needs_adapter": m.needs_adapter, "params": settable(m.config())}
@@ -31,8 +26,8 @@ methods = {
 }
 
 
-def _param_widget(method: str, name: str, default):
-    key = f"param-{method}-{name}"
+def _param_widget(method: str, preset: str, name: str, default):
+    key = f"param-{method}-{preset}-{name}"  # a preset's own widgets: switching starts from its values
     if isinstance(default, bool):
         return st.checkbox(name, default, key=key)
     if isinstance(default, int):
@@ -45,17 +40,46 @@ def _param_widget(method: str, name: str, default):
     return st.text_input(name, str(default), key=key)
 
 
-def _params(method: str) -> list[str]:
-    """--param KEY=VALUE for every value the user changed (defaults stay implicit, so equal runs share one job)."""
-    out = []
+def _preset(method: str) -> str:
+    """Quick preview or paper-sized, for a method whose config declares quick values (the curvature
+    methods); quick on the demo world, where the warm-up computes the curvature method's quick run."""
+    if preset_params(METHODS[method], "quick") == methods[method]["params"]:
+        return "paper"
+    return st.radio(
+        "Settings",
+        ["quick", "paper"],
+        index=0 if ui.is_demo() else 1,
+        format_func=ui.PRESETS.get,
+        horizontal=True,
+        key=f"restore-preset-{method}",
+    )
+
+
+def _params(method: str, preset: str) -> list[str]:
+    """--param KEY=VALUE for every value that differs from the method's defaults (so equal runs share one job)."""
+    start, values = preset_params(METHODS[method], preset), {}
     with st.expander("Parameters", expanded=False):
         cols = st.columns(3)
-        for i, (name, default) in enumerate(methods[method]["params"].items()):
+        for i, (name, value) in enumerate(start.items()):
             with cols[i % 3]:
-                value = _param_widget(method, name, default)
-            if value != default:
-                out += ["--param", f"{name}={','.join(map(str, value)) if isinstance(value, tuple) else value}"]
-    return out
+                values[name] = _param_widget(method, preset, name, value)
+    return param_tokens(METHODS[method], values)
+
+
+def _quick_note(method: str, params: list[str]) -> None:
+    """Above a quick run's result: what is smaller than paper-sized."""
+    m = METHODS[method]
+    quick, paper = preset_params(m, "quick"), methods[method]["params"]
+    if quick != paper and params == param_tokens(m, quick):
+        smaller = "; ".join(f"{n} {quick[n]} instead of {paper[n]}" for n in quick if quick[n] != paper[n])
+        minutes = getattr(m.config, "quick_minutes", 0)
+        text, switch = st.columns([5, 1], vertical_alignment="center")
+        text.info(f"Quick preview (about {minutes:g} min on 2 cores): {smaller}.", icon=":material/speed:")
+        switch.button("Paper-sized settings", key=f"restore-{method}-to-paper", on_click=_to_paper, args=(method,))
+
+
+def _to_paper(method: str) -> None:
+    st.session_state[f"restore-preset-{method}"] = "paper"
 
 
 def live_steps(events: list) -> None:
@@ -99,11 +123,13 @@ def run_tab() -> None:
         key=lambda m: (m not in PAPER_METHODS, PAPER_METHODS.index(m) if m in PAPER_METHODS else 0),
     )
     method = st.selectbox("Method", names, format_func=lambda m: f"{m}: {methods[m]['summary']}")
-    argv = ["restore", "--method", method, *ui.pair_args(), *_params(method), *eval_opts]
+    params = _params(method, _preset(method))
+    argv = ["restore", "--method", method, *ui.pair_args(), *params, *eval_opts]
     if st.checkbox("Also before/after VISAGE (a basin run per model, minutes)", key="visage"):
         argv.append("--visage")
     record = ui.analysis(argv, f"{method} restoration", live_steps, remember="restoration")
     if record:
+        _quick_note(method, params)
         st.success(
             f"Run {record['id']}: {record['status']} in {record['wall_s']:.0f} s · "
             f"restored weights in {shown_path(record['restored'])}"

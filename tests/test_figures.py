@@ -295,6 +295,19 @@ def test_trajectory_contour_adds_the_stored_restoration_runs_last():
     assert len(missing.layout.annotations) == 2
 
 
+def test_pair_bars_draw_each_model_with_its_interval():
+    ci = {"ci_low": 68.1, "ci_high": 83.4, "n": 100}
+    metrics = {
+        "base": {"harmful_rate": 2.0, "task_exact_match": 0.0, "over_refusal": 19.0, "prefill_asr": 81.0},
+        "finetuned": {"harmful_rate": 76.0, "task_exact_match": 93.0, "intervals": {"harmful_rate": ci}},
+    }
+    base, ft = F.pair_bars(metrics).data
+    assert (base.name, ft.name) == ("base", "fine-tuned") and list(base.y) == [2.0, 81.0, 0.0, 19.0]
+    assert list(ft.x) == list(base.x) and list(ft.y) == [76.0, None, 93.0, None], "one axis per metric"
+    assert ft.error_y.array[0] == pytest.approx(83.4 - 76.0) and ft.error_y.arrayminus[0] == pytest.approx(76.0 - 68.1)
+    assert _has_no_data(F.pair_bars(None))
+
+
 def test_comparison_bars_one_trace_per_model():
     result = compare_result()
     fig = F.comparison_bars(result)

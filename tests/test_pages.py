@@ -92,6 +92,7 @@ def test_home_shows_a_card_per_model_and_the_pair_form():
     assert labels.count("Harmful rate") == 2 and labels.count("Over-refusal") == 2
     assert [m.value for m in at.metric if m.label == "Harmful rate"] == ["2.0%", "76.0%"]
     assert {"Data seed (splits)", "Harmful examples injected (demo fine-tune)"} <= {w.label for w in at.number_input}
+    assert charts(at) == 1, "base vs fine-tuned bars: a figure at first look"
     assert no_jobs_started()
 
 
@@ -203,16 +204,30 @@ def _label(name: str) -> str:
     }[name]
 
 
+def test_restoration_page_opens_on_the_warmups_quick_run_with_a_switch_to_paper_sized():
+    at = page("restoration")
+    assert not at.exception and at.radio(key="restore-preset-curvature").value == "quick"
+    assert page_argv(at, "restoration") == warmup.planned()[-1], "the warm-up's own restore command line"
+    plant(warmup.quick_restore_argv(), {**restoration_record(), "wall_s": 12.0, "restored": "/tmp/r"})
+    at.run()
+    assert not at.exception and charts(at) == 1 and len(at.table) == 1, "the quick run's figure and table"
+    (note,) = [i.value for i in at.info if i.value.startswith("Quick preview")]
+    assert "iterations 1 instead of 3" in note and "pair_batch 8 instead of 16" in note
+    at.button(key="restore-curvature-to-paper").click().run()
+    assert at.radio(key="restore-preset-curvature").value == "paper"
+    assert "--param" not in page_argv(at, "restoration") and charts(at) == 0 and no_jobs_started()
+
+
 def test_restoration_page_params_runs_compare_and_trajectories():
     at = page("restoration")
     assert not at.exception
-    assert any("not part of the warm-up" in c.value for c in at.caption)
+    at.radio(key="restore-preset-curvature").set_value("paper").run()
     assert at.selectbox[0].options[0].startswith("curvature")
     argv = page_argv(at, "restoration")
     assert "--param" not in argv, "defaults stay implicit so equal requests share one job"
-    at.number_input(key="param-curvature-epsilon").set_value(0.05).run()
+    at.number_input(key="param-curvature-paper-epsilon").set_value(0.05).run()
     assert page_argv(at, "restoration") == argv, "setting a parameter to its default changes nothing"
-    at.number_input(key="param-curvature-epsilon").set_value(0.1).run()
+    at.number_input(key="param-curvature-paper-epsilon").set_value(0.1).run()
     changed = page_argv(at, "restoration")
     assert changed[-2:] == ["--param", "epsilon=0.1"]
     assert no_jobs_started(), "a widget change starts no job"
@@ -232,10 +247,12 @@ def test_restoration_page_params_runs_compare_and_trajectories():
 
 
 def test_report_collects_cached_answers_and_offers_downloads():
+    """In a fresh session on the demo world the Report shows what the pages open on: the warm-up's
+    quick-preset answers, figures drawn."""
     at = page("report")
     assert not at.exception
-    plant(["correlate", *PAIR], correlation_result())
-    plant(["basin", *PAIR], basin_result())
+    plant(warmup.quick_argv("correlate"), correlation_result())
+    plant(warmup.quick_argv("basin"), basin_result())
     at.run()
     assert not at.exception
     titles = [s.value for s in at.subheader]
@@ -245,9 +262,9 @@ def test_report_collects_cached_answers_and_offers_downloads():
     verdicts = claims["Verdict"].tolist()
     assert len(verdicts) == 9 and "not measured" not in verdicts[:3], "correlation was planted"
     assert set(verdicts[:3]) <= {"holds", "does not hold", "not resolvable"}
-    assert charts(at) == 0 and len(at.get("download_button")) == 2, "figures are drawn only on request"
-    at.toggle[0].set_value(True).run()
-    assert charts(at) >= 5 and len(at.get("download_button")) >= 2 + 3 * 5
+    assert charts(at) >= 5 and len(at.get("download_button")) >= 2 + 3 * 5, "figures are drawn at once"
+    at.toggle[0].set_value(False).run()
+    assert charts(at) == 0 and len(at.get("download_button")) == 2, "tables only"
 
 
 def test_restoration_page_shows_the_curvature_pairs():
@@ -363,10 +380,10 @@ def test_curvature_page_presets_cover_the_drift_options(monkeypatch, tmp_path):
 
 def test_page_says_the_warmup_is_computing_its_quick_answer(monkeypatch, tmp_path):
     monkeypatch.setenv("SAFETY_CACHE_DIR", str(tmp_path))
-    running(warmup.ARGV, fraction=0.3, message="curvature (2 of 4): Lanczos", partials=[{"plan": warmup.planned()}])
+    running(warmup.ARGV, fraction=0.3, message="curvature (2 of 5): Lanczos", partials=[{"plan": warmup.planned()}])
     at = page("landscape")
     assert not at.exception
-    assert any(i.value.startswith("Quick preview being computed by the warm-up (3 of 4)") for i in at.info)
+    assert any(i.value.startswith("Quick preview being computed by the warm-up (3 of 5)") for i in at.info)
     assert not [b for b in at.button if b.label.startswith("Run")], "no second computation of the same answer"
     plant(warmup.quick_argv("landscape"), landscape_result())
     at.run()
@@ -375,6 +392,9 @@ def test_page_says_the_warmup_is_computing_its_quick_answer(monkeypatch, tmp_pat
 
     at.radio(key="landscape-preset").set_value("paper").run()  # not what the warm-up computes: a Run button
     assert [b.label for b in at.button] == ["Run loss landscape"]
+
+    at = page("restoration")  # the quick restoration run is the warm-up's last (5 of 5)
+    assert any(i.value.startswith("Quick preview being computed by the warm-up (5 of 5)") for i in at.info)
 
 
 def test_home_starts_the_warmup_after_the_default_world_and_never_from_a_link(monkeypatch, tmp_path):

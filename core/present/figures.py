@@ -1035,12 +1035,23 @@ def _ci_bounds(text: Any) -> tuple[float, float] | None:
         return None
 
 
-def comparison_bars(result: dict | None) -> go.Figure:
+def pair_bars(metrics: dict | None) -> go.Figure:
+    """Home's first look: the base and fine-tuned models' headline rates on the held-out split
+    (the world's or ``evaluate``'s metrics, each with its Wilson interval) as ``comparison_bars``."""
+    rows = []
+    for model, m in (metrics or {}).items():
+        if isinstance(m, dict):
+            cis = m.get("intervals") or {}
+            row = {"model": model, **{k: m[k] for k in COMPARISON_METRICS if k in m}}
+            rows.append(row | {f"{k}_ci": f"{c['ci_low']}–{c['ci_high']}" for k, c in cis.items() if k in row})
+    return comparison_bars({"table": rows}, "Base vs fine-tuned on the held-out split")
+
+
+def comparison_bars(result: dict | None, title: str = "Restoration methods compared") -> go.Figure:
     """The headline metrics (%) of every model in a ``compare`` table, one colour per model, with
     their 95% intervals: harm (harmful rate, prefill ASR) beside utility (task exact match, general
     capability) and over-refusal, so safety bought by refusing everything shows at a glance. The
     general-capability axis appears when the table has it."""
-    title = "Restoration methods compared"
     rows = [r for r in (result or {}).get("table") or [] if isinstance(r, dict) and "model" in r]
     if not rows:
         return no_data(title)
@@ -1096,6 +1107,7 @@ __all__ = [
     "mean_loss_bars",
     "model_colours",
     "no_data",
+    "pair_bars",
     "restoration_live",
     "slide_template",
     "spectral_density",

@@ -61,6 +61,25 @@ def settable(config: Any) -> dict[str, Any]:
     return {f.name: getattr(config, f.name) for f in fields(config) if not is_dataclass(getattr(config, f.name))}
 
 
+def preset_params(m: Method, preset: str) -> dict[str, Any]:
+    """The method's settable values in ``preset`` ("paper": its defaults; "quick": each field's
+    quick-preview value where its config declares one, ``core.base.options``)."""
+    quick = {f.name: f.metadata["quick"] for f in fields(m.config) if "quick" in f.metadata}
+    return {name: quick.get(name, v) if preset == "quick" else v for name, v in settable(m.config()).items()}
+
+
+def param_tokens(m: Method, values: dict[str, Any]) -> list[str]:
+    """``--param KEY=VALUE`` for every value that differs from the method's default, in field order
+    (defaults stay implicit, so equal runs share one job and one answer)."""
+    out = []
+    for name, default in settable(m.config()).items():
+        value = values.get(name, default)
+        if value != default:
+            text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            out += ["--param", f"{name}={text}"]
+    return out
+
+
 def parse_config(m: Method, overrides: dict[str, str]) -> Any:
     """The method's config dataclass with ``key=value`` overrides converted to the field types."""
     current = settable(m.config())

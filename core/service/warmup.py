@@ -1,5 +1,6 @@
 """The warm-up: every geometry analysis of the default demo world at its quick-preview preset,
-computed once in the background so each analysis page opens on a finished figure.
+then a quick curvature-aware restoration run, computed once in the background so each analysis
+page and the Restoration page open on a finished figure.
 
 Each analysis runs through ``core.service.commands.execute`` with the very command line its page
 builds for the quick preset on the default pair (``planned``), so its answer lands in the answer
@@ -17,10 +18,13 @@ from typing import Any, Callable
 from core.base.errors import Cancelled
 from core.base.options import argv_for, preset_values
 from core.base.progress import Progress
+from core.restoration.registry import method as get_method
+from core.restoration.registry import param_tokens, preset_params
 from core.service import answer_cache
 
 ARGV = ["warmup"]  # the warm-up's own command line (what Home submits)
 ORDER = ("correlate", "curvature", "landscape", "basin")  # shortest first: the first figure comes soonest
+RESTORE_METHOD = "curvature"  # the Restoration page's first method; its quick run comes last (the longest)
 
 
 def quick_argv(name: str) -> list[str]:
@@ -33,9 +37,18 @@ def quick_argv(name: str) -> list[str]:
     return [name, *tokens]
 
 
+def quick_restore_argv(method: str = RESTORE_METHOD) -> list[str]:
+    """The restore command line the Restoration page builds for ``method`` at the quick preset on
+    the default pair (``param_tokens``: the page's own tokens, so both share one answer)."""
+    import core.restoration.methods  # noqa: F401  (registers every method; imports torch: only when asked)
+
+    m = get_method(method)
+    return ["restore", "--method", m.name, *param_tokens(m, preset_params(m, "quick"))]
+
+
 def planned() -> list[list[str]]:
     """The warm-up's command lines, in the order it runs them."""
-    return [quick_argv(name) for name in ORDER]
+    return [*(quick_argv(name) for name in ORDER), quick_restore_argv()]
 
 
 def cmd_warmup(args: argparse.Namespace, progress: Progress, execute: Callable) -> dict[str, Any]:

@@ -61,6 +61,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -80,12 +81,17 @@ NORM_FLOOR = 1e-12  # B.1 filter 4: a step or gradient-difference norm below thi
 
 @dataclass(frozen=True)
 class InfluenceConfig:
-    iterations: int = option(3, "restoration iterations, L-BFGS pairs recomputed at each (B.1: 3)", low=1)
+    quick_minutes: ClassVar[float] = 10  # quick preset, 2 idle threads, demo: data 2.5, method 3.2, evaluation 4.5
+
+    iterations: int = option(3, "restoration iterations, L-BFGS pairs recomputed at each (B.1: 3)", low=1, quick=1)
     pairs: int = option(
         10, "L-BFGS pairs per iteration, spread over the forget and two retain subsets (B.1: 10)", low=0
     )
     pair_batch: int = option(
-        16, "examples per pair, a fresh batch each, gradient-accumulated (B.1: 64 on a GPU; 16 fits 2 CPU cores)", low=1
+        16,
+        "examples per pair, a fresh batch each, gradient-accumulated (B.1: 64 on a GPU; 16 fits 2 CPU cores)",
+        low=1,
+        quick=8,
     )
     pair_lrs: tuple = option((0.001, 0.002, 0.005), "probe-step learning rates, varied within each subset (B.1)")
     epsilon: float = option(
@@ -94,6 +100,7 @@ class InfluenceConfig:
     step_grid: tuple = option(
         (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
         "B.2 grid: trust radii tried on validation, multiples of sqrt(2 epsilon) in the L-BFGS metric (eq. 4)",
+        quick=(0.5, 2.0, 8.0),
     )
     trust_radius: float = option(
         0.1, "gradient ascent's grid unit (Euclidean metric): this fraction of ||theta_ft||", low=0
