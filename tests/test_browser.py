@@ -220,11 +220,15 @@ def test_dashboard_end_to_end(tiny_model_dir, tiny_adapter_dir, session_cache_di
             for path in ("correlation", "landscape", "basin", "restoration", "report", "", "curvature"):
                 _open(page, path, caption)
 
+            custom = page.get_by_role("radio", name="Custom")
             for label, value in CURVATURE_INPUTS.items():
                 field = page.get_by_label(label, exact=True)
                 field.fill(str(value))
                 field.press("Enter")
                 expect(field).to_have_value(str(value), timeout=PAGE_TIMEOUT_MS)
+                # wait for the edit's rerun (Settings reads Custom): an edit sent before it carries the radio's
+                # old value, which Streamlit reports as a radio change that reapplies the old preset
+                expect(custom).to_be_checked(timeout=PAGE_TIMEOUT_MS)
             expect(page.get_by_text(CURVATURE_ARGS)).to_be_visible(timeout=PAGE_TIMEOUT_MS)
             page.get_by_role("button", name="Run curvature analysis").click()
 
