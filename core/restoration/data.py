@@ -19,6 +19,12 @@ Paper 1's sets, as ``restoration_data`` cuts them (harmful splits of ``core.worl
   and retain sets and the curvature subsets. The ``recovery`` split is also the direction
   method's D_rec: the two methods are separate runs, so sharing it leaks nothing into either
   method's evaluation.
+
+``retain_general`` (0 by default: the paper's retain set is the fine-tuning data) adds general
+benign prompts with the fine-tune's answers to the retain set and as many further ones to the
+validation retain side, so eq. 2 and B.2's grid also guard the answers to ordinary requests (the
+over-refusal a forget-loss ascent can buy); both come from the ``retain`` benign split, disjoint
+from the over-refusal evaluation prompts.
 """
 
 from __future__ import annotations
@@ -107,12 +113,15 @@ def restoration_data(
     v = VALIDATION_HARMFUL
     validation_forget = [e for e, h in zip(extra[:v], extra_flags[:v]) if h]
     curvature_forget += [e for e, h in zip(extra[v:], extra_flags[v:]) if h]
-    n = config.retain
-    general = (
-        _answered(
-            model, tok, benign["retain"][: config.retain_general], config.response_tokens, fp, progress.stage(0.8, 1.0)
+    n, m = config.retain, config.retain_general
+    if 2 * m > len(benign["retain"]):
+        raise InputError(
+            f"retain_general={m} asks for {2 * m} general prompts (retain and validation halves).",
+            f"use retain_general <= {len(benign['retain']) // 2}.",
         )
-        if config.retain_general
+    general = (
+        _answered(model, tok, benign["retain"][: 2 * m], config.response_tokens, fp, progress.stage(0.8, 1.0))
+        if m
         else []
     )
     b = config.curvature_batch
@@ -121,7 +130,7 @@ def restoration_data(
     held = config.monitor + config.fuse
     data = RestorationData(
         forget=forget,
-        retain=task[:n] + general,
+        retain=task[:n] + general[:m],
         curvature_forget=curvature_forget,
         curvature_retain=[task[end : end + CURVATURE_TASK_POOL], task[end + CURVATURE_TASK_POOL :]],
         recovery=harm["recovery"][: config.recovery],
@@ -130,7 +139,7 @@ def restoration_data(
         monitor_task=task_examples("monitor", config.monitor, seed),
         fuse_task=task_examples("monitor", held, seed)[config.monitor :],
         validation_forget=validation_forget,
-        validation_retain=task_examples("monitor", held + VALIDATION_TASK, seed)[held:],
+        validation_retain=task_examples("monitor", held + VALIDATION_TASK, seed)[held:] + general[m:],
     )
     if not data.forget:
         raise InputError(
