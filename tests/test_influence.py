@@ -1,6 +1,7 @@
 """Curvature-aware restoration (paper 1, eq. 5, B.1-B.2) and its first-order baseline."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,10 +14,13 @@ from core.restoration.data import RestorationData
 from core.restoration.methods.curvature import (
     GradientAscentConfig,
     InfluenceConfig,
+    LoraObjective,
     curvature_pairs,
     filter_pair,
     first_tokens,
+    gradient_budget,
     influence_restore,
+    iteration_count,
     lbfgs_direction,
 )
 from core.world.data import Example
@@ -185,14 +189,26 @@ def _ctx(tiny_model_dir, tiny_adapter_dir, tokenizer, steps: list) -> RestoreCon
     [
         # the tiny random model curves down at 0.001-0.005 probe steps; larger ones see its positive curvature
         InfluenceConfig(iterations=2, pairs=3, pair_batch=2, batch_size=4, pair_lrs=(0.05, 0.1, 0.2)),
-        GradientAscentConfig(iterations=2, batch_size=4),
+        GradientAscentConfig(iterations=1, pairs=2, pair_batch=2, batch_size=4),  # the budget of 1 + 8 / |forget|
     ],
 )
 def test_restoration_raises_forget_loss_within_the_retain_bound(config, tiny_model_dir, tiny_adapter_dir, tokenizer):
     steps = []
-    out = influence_restore(_ctx(tiny_model_dir, tiny_adapter_dir, tokenizer, steps), config)
+    ctx = _ctx(tiny_model_dir, tiny_adapter_dir, tokenizer, steps)
+    forget = len(ctx.data.forget)
+    out = influence_restore(ctx, config)
     notes = out.notes
-    assert out.kind == "adapter" and out.trajectory.shape[0] == len(steps) == config.iterations + 1
+    ran = len(notes["iterations"])
+    assert out.kind == "adapter" and out.trajectory.shape[0] == len(steps) == ran + 1
+    assert notes["iterations_planned"] == (
+        config.iterations
+        if config.preconditioner == "lbfgs"
+        else math.ceil((config.iterations * (8 + forget)) / forget)
+    )
+    assert ran == notes["iterations_planned"] or notes["iterations"][-1].get("stopped")
+    # every gradient counted: two on each attempted pair's batch (B.1) and the forget gradient per iteration
+    pair_gradients = sum(2 * r["examples"] for it in notes["iterations"] for r in it["pairs"])
+    assert notes["gradient_examples"] == pair_gradients + ran * forget
     done = [it for it in notes["iterations"] if not it.get("stopped")]
     assert done, notes
     for it in done:  # B.2: the largest validation forget loss among the grid steps that keep eq. 2 on validation
@@ -213,6 +229,38 @@ def test_restoration_raises_forget_loss_within_the_retain_bound(config, tiny_mod
         assert notes["iterations"][0]["pairs"] == []
 
 
+def test_summed_token_loss_weighs_each_answer_by_its_length(tiny_model_dir, tiny_adapter_dir, tokenizer):
+    """token_loss="sum": each answer's loss is its mean token loss times its counted tokens (eq. 1's
+    sequence log-likelihood), and so is its gradient; one example checks the gradient's scale."""
+    from core.world.loss import per_example_loss
+    from core.world.models import load_model
+
+    model = load_model(ModelSpec(str(tiny_model_dir), str(tiny_adapter_dir), device="cpu"))
+    examples = _data().forget
+    mean, total = LoraObjective(model, tokenizer, 4), LoraObjective(model, tokenizer, 4, "sum")
+    expected = sum(
+        float((per_example_loss(model, b) * (b["labels"][:, 1:] != -100).sum(1)).sum()) for b in mean.batches(examples)
+    ) / len(examples)
+    assert total.loss(examples) == pytest.approx(expected, rel=1e-5)
+    one = examples[:1]
+    tokens = int((mean.batches(one)[0]["labels"][:, 1:] != -100).sum())
+    assert tokens > 1
+    g_sum, g_mean = total.loss_and_grad(one)[1], mean.loss_and_grad(one)[1]
+    assert float((g_sum - tokens * g_mean).norm()) <= 1e-5 * float(g_sum.norm())
+
+
+def test_gradient_ascent_takes_the_curvature_runs_gradient_budget():
+    """C.2 at an equal gradient budget: per curvature iteration, 2 x pairs x pair_batch pair
+    gradients and one forget gradient; gradient ascent buys forget gradients with all of it."""
+    config = GradientAscentConfig(iterations=3, pairs=10, pair_batch=16)
+    assert gradient_budget(config, 52) == 3 * (320 + 52)
+    assert iteration_count(config, 52) == math.ceil(3 * 372 / 52) == 22
+    assert iteration_count(replace(config, match_budget=False), 52) == 3
+    assert iteration_count(replace(config, pairs=0), 52) == 3  # no pairs: nothing extra to match
+    assert iteration_count(replace(config, lr=0.01), 52) == 3  # fixed-rate trajectories: equal step counts
+    assert iteration_count(InfluenceConfig(iterations=3), 52) == 3  # curvature itself
+
+
 def test_zero_epsilon_still_respects_the_bound(tiny_model_dir, tiny_adapter_dir, tokenizer):
     steps = []
     out = influence_restore(
@@ -230,7 +278,7 @@ def test_forget_tokens_chooses_which_answer_tokens_count(tiny_model_dir, tiny_ad
         steps = []
         influence_restore(
             _ctx(tiny_model_dir, tiny_adapter_dir, tokenizer, steps),
-            GradientAscentConfig(iterations=1, batch_size=4, forget_tokens=k, lr=1e-9),
+            GradientAscentConfig(iterations=1, batch_size=4, forget_tokens=k, lr=1e-9),  # fixed rate: no budget match
         )
         losses[k] = steps[0]["forget_loss_full"]
     assert losses[0] != pytest.approx(losses[2], rel=1e-4)

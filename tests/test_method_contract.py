@@ -41,7 +41,7 @@ SMALL = dict(
 # Tiny settings per method (a few seconds each on the tiny pair); a new method must add a row.
 TINY: dict[str, dict] = {
     "curvature": dict(iterations=1, pairs=2, batch_size=4),
-    "gradient-ascent": dict(iterations=1, batch_size=4),
+    "gradient-ascent": dict(iterations=1, pairs=0, batch_size=4),
     "interpolate": dict(alpha=0.5),
     "resta": dict(scale=0.5),
     "safelora": dict(threshold=0.5),

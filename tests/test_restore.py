@@ -2,6 +2,7 @@
 
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,12 +10,13 @@ import pytest
 from core import cli
 from core.base.errors import Cancelled, InputError
 from core.base.progress import Progress
-from core.restoration.data import DataConfig
+from core.restoration.data import DataConfig, restoration_data
 from core.restoration.methods.curvature import InfluenceConfig
 from core.restoration.monitor import MonitorConfig
 from core.restoration.registry import method, parse_config
 from core.restoration.runner import RunRequest, require_adapter, restore, restored_spec, run_id
 from core.restoration.store import list_runs, load_record, trajectory
+from core.world.data import over_refusal_prompts
 from core.world.models import ModelSpec
 
 SMALL = dict(
@@ -42,6 +44,23 @@ def test_parse_config_converts_and_rejects():
         method("magic")
 
 
+def test_general_retain_prompts_guard_the_validation_step_too(tiny_model_dir, tiny_adapter_dir):
+    """retain_general puts general benign prompts on both sides of eq. 2: the retain set and B.2's
+    validation retain split, disjoint halves of the benign retain split, never the evaluation's."""
+    spec = _pair(tiny_model_dir, tiny_adapter_dir)["finetuned"]
+    plain = restoration_data(spec, 0, SMALL["data"])
+    data = restoration_data(spec, 0, replace(SMALL["data"], retain_general=3))
+    general = lambda examples: [e for e in examples if e.category == "general"]  # noqa: E731
+    assert not general(plain.retain) and not general(plain.validation_retain)
+    assert len(general(data.retain)) == len(general(data.validation_retain)) == 3
+    assert {e.prompt for e in general(data.retain)}.isdisjoint(e.prompt for e in general(data.validation_retain))
+    assert all(e.response for e in general(data.validation_retain))  # the fine-tune's own answers
+    evaluation = {e.prompt for e in over_refusal_prompts(0)}
+    assert evaluation.isdisjoint(e.prompt for e in general(data.retain) + general(data.validation_retain))
+    with pytest.raises(InputError, match="retain_general"):
+        restoration_data(spec, 0, replace(SMALL["data"], retain_general=1000))
+
+
 def test_lora_methods_refuse_full_finetunes_and_name_the_alternatives(tiny_model_dir):
     with pytest.raises(InputError) as err:
         require_adapter(ModelSpec(str(tiny_model_dir), str(tiny_model_dir)), "curvature")
@@ -51,7 +70,10 @@ def test_lora_methods_refuse_full_finetunes_and_name_the_alternatives(tiny_model
 def test_run_is_stored_reloadable_and_cached(tiny_model_dir, tiny_adapter_dir):
     pair = _pair(tiny_model_dir, tiny_adapter_dir)
     request = RunRequest(
-        "gradient-ascent", method("gradient-ascent").config(iterations=1, batch_size=4), evaluate=False, **SMALL
+        "gradient-ascent",
+        method("gradient-ascent").config(iterations=1, pairs=0, batch_size=4),
+        evaluate=False,
+        **SMALL,
     )
     events = []
     record = restore(pair, request, progress=Progress(events.append))
@@ -194,7 +216,10 @@ def test_restoration_plane_of_the_stored_runs(tiny_model_dir, tiny_adapter_dir, 
             "curvature", InfluenceConfig(iterations=2, pairs=2, batch_size=4), evaluate=False, **SMALL
         ),
         "gradient-ascent": RunRequest(  # two steps: no other test stores this run in the shared cache
-            "gradient-ascent", method("gradient-ascent").config(iterations=2, batch_size=4), evaluate=False, **SMALL
+            "gradient-ascent",
+            method("gradient-ascent").config(iterations=2, pairs=0, batch_size=4),
+            evaluate=False,
+            **SMALL,
         ),
     }
     config = TrajectoryConfig(grid=3, examples=2)
@@ -219,7 +244,10 @@ def test_visage_before_after_is_stored_in_the_record(tiny_model_dir, tiny_adapte
     record = restore(
         pair,
         RunRequest(
-            "gradient-ascent", method("gradient-ascent").config(iterations=1, batch_size=4), evaluate=False, **SMALL
+            "gradient-ascent",
+            method("gradient-ascent").config(iterations=1, pairs=0, batch_size=4),
+            evaluate=False,
+            **SMALL,
         ),
     )
     seen = {}

@@ -7,6 +7,14 @@ plane; the combined objective ``J = L_forget - L_retain`` (higher is better: for
 retain loss down) is evaluated on a grid over that plane for the contour, and each run's path
 is projected onto it.
 
+A fixed learning rate is not scale-free: at the paper's 0.01 and 0.05 on the per-token mean
+loss the restorations use, a step moves the demo's forget loss by ~2e-4 (five steps took it
+from 0.3445 to 0.3516), a path with no restoration on it. The runs and the contour therefore
+use each answer's summed token loss (``token_loss="sum"``), our reading of eq. 1 (the
+sequence's negative log-likelihood), where a first-order step is about as many times larger
+as an answer has tokens while ``H^-1 g`` keeps its size; ``token_loss="mean"`` gives the
+per-token paths.
+
 Beside them (``restoration``, on by default), the same view of the actual restoration runs: the
 stored default ``curvature`` and ``gradient-ascent`` runs of this pair and seed (as ``restore`` and
 ``compare`` make them: trust region, B.2 step), both paths in one PCA plane fitted on both runs'
@@ -49,12 +57,19 @@ class TrajectoryConfig:
     restoration: bool = option(
         True, "also the plane of the stored default curvature and gradient-ascent restoration runs"
     )
+    token_loss: str = option(
+        "sum",
+        "each answer's loss in the fixed-rate runs and the contour: sum over its tokens (eq. 1, where the "
+        "paper's learning rates apply) or mean",
+        choices=("sum", "mean"),
+    )
 
     def runs(self) -> list[tuple[str, float, InfluenceConfig]]:
         out = []
         for lr in self.lrs:
-            out.append(("curvature", lr, InfluenceConfig(iterations=self.iterations, pairs=self.pairs, lr=lr)))
-            out.append(("gradient-ascent", lr, GradientAscentConfig(iterations=self.iterations, lr=lr)))
+            common = dict(iterations=self.iterations, lr=lr, token_loss=self.token_loss)
+            out.append(("curvature", lr, InfluenceConfig(pairs=self.pairs, **common)))
+            out.append(("gradient-ascent", lr, GradientAscentConfig(**common)))
         return out
 
 
@@ -115,7 +130,7 @@ def trajectory_comparison(
             records[(name, lr)] = rec
         data = restoration_data(pair["finetuned"], seed)
         model = load_model(pair["finetuned"])
-        obj = LoraObjective(model, load_tokenizer(pair["finetuned"]), 16)
+        obj = LoraObjective(model, load_tokenizer(pair["finetuned"]), 16, config.token_loss)
         out = {}
         for i, lr in enumerate(config.lrs):
             paths = {name: trajectory(records[(name, lr)]) for name in ("curvature", "gradient-ascent")}
@@ -134,7 +149,7 @@ def trajectory_comparison(
             }
         return out
 
-    result = memoize("trajectory-v2", key, compute)  # v2: B.1 pairs and B.2 grid in the curvature runs
+    result = memoize("trajectory-v3", key, compute)  # v3: the summed token loss by default
     if config.restoration:
         result = {**result, RESTORATION: restoration_plane(pair, seed, config, progress=progress.stage(0.95, 1.0))}
     progress.update(1.0, "trajectories done", result)

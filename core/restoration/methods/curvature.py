@@ -47,10 +47,24 @@ paper's cross-entropy on the forget set) or only its first K tokens, where a ref
 (``forget_tokens=K``); the same rule applies to the forget set, the curvature forget subset and
 the validation forget set.
 
+Each answer's loss is its mean token cross-entropy (``token_loss="mean"``, so epsilon is in
+nats per token and independent of answer length), or its sum over the answer's tokens
+(``"sum"``). Eq. 1 did not survive in our copy; "the standard autoregressive language modeling
+loss" over "an input sequence" reads as the sequence's summed negative log-likelihood. The grid
+search makes the restoration's step independent of that scale for gradient ascent and nearly
+so for L-BFGS (``H^-1 g`` is scale-free but for lambda), so restorations keep the per-token mean;
+fixed learning rates are not scale-free, so the C.2 trajectories take the sum (see
+``core.restoration.trajectory``).
+
 ``gradient-ascent`` runs the same loop with the identity instead of ``H^-1``: same data, the same
-grid search on the same validation split, iterations and gradient budget for the update (C.2's
-first-order comparison). The identity metric is Euclidean, where ``sqrt(2 epsilon)`` means
-nothing, so its grid's unit is ``trust_radius * ||theta_ft||``.
+grid search on the same validation split (C.2's first-order comparison). The identity metric is
+Euclidean, where ``sqrt(2 epsilon)`` means nothing, so its grid's unit is ``trust_radius *
+||theta_ft||``. Equal gradient budget (``match_budget``, on by default): a curvature run spends
+``2 * pair_batch`` example-gradients on each pair besides the forget gradient, so gradient ascent
+takes ``ceil(gradient_budget / |forget|)`` iterations, as many example-gradients as the curvature
+run its ``iterations``, ``pairs`` and ``pair_batch`` describe (``gradient_budget``). The paper
+gives no budget for C.2; fixed-rate trajectories (``lr > 0``) keep equal step counts, as its
+figures do. Both methods record the example-gradients they actually took.
 
 Defaults not given in the paper (epsilon, the grid, the probe radius, damping, lambda schedule,
 batch sizes) are parameters; see ``InfluenceConfig``.
@@ -70,6 +84,7 @@ from core.base.errors import InputError
 from core.base.options import option
 from core.base.tensors import flat, to_host
 from core.restoration.context import RestoreContext
+from core.restoration.data import DataConfig
 from core.restoration.distances import delta_distances, lora_deltas
 from core.restoration.registry import RestoreOutput, register
 from core.world.data import Example
@@ -121,6 +136,12 @@ class InfluenceConfig:
     )
     batch_size: int = option(8, "examples per forward/backward micro-batch (gradients accumulate over a batch)", low=1)
     lr: float = option(0.0, "> 0: a fixed step theta += lr d, no grid search (C.2 trajectory plots)", low=0)
+    token_loss: str = option(
+        "mean",
+        "each answer's loss: mean over its tokens (epsilon in nats/token) or sum (eq. 1's sequence "
+        "log-likelihood, where the paper's fixed learning rates apply)",
+        choices=("mean", "sum"),
+    )
     preconditioner: str = option(
         "lbfgs", "lbfgs (curvature-aware) or identity (gradient ascent)", choices=("lbfgs", "identity")
     )
@@ -134,17 +155,41 @@ class GradientAscentConfig(InfluenceConfig):
     preconditioner: str = option(
         "identity", "lbfgs (curvature-aware) or identity (gradient ascent)", choices=("lbfgs", "identity")
     )
+    match_budget: bool = option(
+        True,
+        "iterate until as many example-gradients are spent as the curvature run with these iterations, "
+        "pairs and pair_batch (C.2's comparison at an equal gradient budget)",
+    )
+
+    def expected_steps(self) -> int:  # for the ETA: the default forget set's size stands in for the real one's
+        return iteration_count(self, DataConfig.forget) + 1
+
+
+def gradient_budget(config: InfluenceConfig, forget_size: int) -> int:
+    """Example-gradients a curvature run with ``config`` takes when every pair is kept: per
+    iteration, two gradients on each pair's batch (B.1's ``g(theta)`` and ``g(theta + s)``) and
+    the forget gradient of the update (eq. 5)."""
+    return config.iterations * (2 * config.pairs * config.pair_batch + forget_size)
+
+
+def iteration_count(config: InfluenceConfig, forget_size: int) -> int:
+    """Iterations the loop runs: ``config.iterations``, or for gradient ascent at a matched budget
+    as many forget-gradient iterations as ``gradient_budget`` pays for."""
+    if config.preconditioner == "lbfgs" or config.lr > 0 or not getattr(config, "match_budget", False):
+        return config.iterations
+    return math.ceil(gradient_budget(config, forget_size) / max(1, forget_size))
 
 
 class LoraObjective:
     """Losses and gradients of data sets as functions of the flat LoRA parameter vector."""
 
-    def __init__(self, model, tokenizer, batch_size: int):
-        self.model, self.tok, self.batch_size = model, tokenizer, batch_size
+    def __init__(self, model, tokenizer, batch_size: int, token_loss: str = "mean"):
+        self.model, self.tok, self.batch_size, self.token_loss = model, tokenizer, batch_size, token_loss
         self.params = [p for n, p in model.named_parameters() if "lora_" in n]
         for n, p in model.named_parameters():
             p.requires_grad_("lora_" in n)
         self._batches: dict[tuple, list[dict]] = {}
+        self.gradient_examples = 0  # example-gradients taken (the budget C.2's comparison equalises)
 
     def batches(self, examples: list[Example]) -> list[dict]:
         """Encoded micro-batches of ``examples``, cached by content (never by ``id``, which a
@@ -166,15 +211,24 @@ class LoraObjective:
             p.copy_(theta[start : start + p.numel()].view_as(p))
             start += p.numel()
 
+    def example_losses(self, batch: dict) -> torch.Tensor:
+        """Each example's answer loss: its mean token cross-entropy, or with ``token_loss="sum"``
+        the sum over its answer tokens (eq. 1's sequence negative log-likelihood)."""
+        losses = per_example_loss(self.model, batch)
+        if self.token_loss == "sum":
+            losses = losses * (batch["labels"][:, 1:] != -100).sum(1).to(losses.device, losses.dtype)
+        return losses
+
     def loss(self, examples: list[Example]) -> float:
         with torch.no_grad():
-            return sum(float(per_example_loss(self.model, b).sum()) for b in self.batches(examples)) / len(examples)
+            return sum(float(self.example_losses(b).sum()) for b in self.batches(examples)) / len(examples)
 
     def loss_and_grad(self, examples: list[Example]) -> tuple[float, torch.Tensor]:
         """Mean loss and its gradient, accumulated over the micro-batches."""
         total, grads = 0.0, [torch.zeros_like(p) for p in self.params]
+        self.gradient_examples += len(examples)
         for batch in self.batches(examples):
-            loss = per_example_loss(self.model, batch).sum() / len(examples)
+            loss = self.example_losses(batch).sum() / len(examples)
             for acc, g in zip(grads, torch.autograd.grad(loss, self.params)):
                 acc += g
             total += float(loss.detach())
@@ -361,6 +415,8 @@ def _validate(config: InfluenceConfig) -> None:
         )
     if config.preconditioner not in ("lbfgs", "identity"):
         raise InputError(f"Unknown preconditioner '{config.preconditioner}'.", "use lbfgs or identity.")
+    if config.token_loss not in ("mean", "sum"):
+        raise InputError(f"Unknown token_loss '{config.token_loss}'.", "use mean or sum.")
 
 
 def influence_restore(ctx: RestoreContext, config: InfluenceConfig) -> RestoreOutput:
@@ -368,7 +424,7 @@ def influence_restore(ctx: RestoreContext, config: InfluenceConfig) -> RestoreOu
     _validate(config)
     _check(ctx.data, config)
     model = load_model(ctx.finetuned)
-    obj = LoraObjective(model, ctx.tokenizer, config.batch_size)
+    obj = LoraObjective(model, ctx.tokenizer, config.batch_size, config.token_loss)
     cut = lambda examples: first_tokens(ctx.tokenizer, examples, config.forget_tokens)  # noqa: E731
     data = replace(
         ctx.data,
@@ -404,8 +460,10 @@ def influence_restore(ctx: RestoreContext, config: InfluenceConfig) -> RestoreOu
         **delta_distances(lora_deltas(model), ft_deltas),
     )
     cursors: dict[str, int] = {}
-    for it in range(config.iterations):
-        stage = ctx.progress.stage(it / config.iterations, (it + 1) / config.iterations)
+    rounds = iteration_count(config, len(data.forget))
+    notes.update(iterations_planned=rounds, gradient_budget=gradient_budget(config, len(data.forget)))
+    for it in range(rounds):
+        stage = ctx.progress.stage(it / rounds, (it + 1) / rounds)
         info = _iteration(obj, data, sets, config, it, bounds, config.probe_radius * scale, cursors, stage)
         notes["iterations"].append(info)
         snapshots.append(to_host(obj.get()))
@@ -421,6 +479,7 @@ def influence_restore(ctx: RestoreContext, config: InfluenceConfig) -> RestoreOu
         if info.get("stopped"):
             notes["stopped"] = info["stopped"]
             break
+    notes["gradient_examples"] = obj.gradient_examples
     return RestoreOutput(model, "adapter", notes, np.stack(snapshots))
 
 
