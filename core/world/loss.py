@@ -78,8 +78,9 @@ def _user_content_labels(tokenizer: PreTrainedTokenizerBase, text: str, content:
     return [t if start <= a and b <= end and b > a else -100 for t, (a, b) in zip(enc.input_ids, enc.offset_mapping)]
 
 
-def per_example_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean token cross-entropy per example over its counted (label != -100) tokens.
+def per_example_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
+    """Mean token cross-entropy per example over its counted (label != -100) tokens, or with
+    ``reduction="sum"`` their sum (the sequence's negative log-likelihood).
 
     Logits are computed only where a token counts (a boolean ``logits_to_keep`` mask): prompt
     and padding positions cost no vocabulary projection, which matters most for double backward.
@@ -97,7 +98,7 @@ def per_example_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> 
     tok = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets, reduction="none")
     rows = counted.nonzero()[:, 0]
     total = torch.zeros(counted.shape[0], device=device, dtype=tok.dtype).index_add(0, rows, tok)
-    return total / counted.sum(1).clamp(min=1)
+    return total if reduction == "sum" else total / counted.sum(1).clamp(min=1)
 
 
 def encode_batches(

@@ -214,10 +214,7 @@ class LoraObjective:
     def example_losses(self, batch: dict) -> torch.Tensor:
         """Each example's answer loss: its mean token cross-entropy, or with ``token_loss="sum"``
         the sum over its answer tokens (eq. 1's sequence negative log-likelihood)."""
-        losses = per_example_loss(self.model, batch)
-        if self.token_loss == "sum":
-            losses = losses * (batch["labels"][:, 1:] != -100).sum(1).to(losses.device, losses.dtype)
-        return losses
+        return per_example_loss(self.model, batch, self.token_loss)
 
     def loss(self, examples: list[Example]) -> float:
         with torch.no_grad():
