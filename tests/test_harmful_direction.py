@@ -14,6 +14,7 @@ from core.restoration.context import RestoreContext
 from core.restoration.data import RestorationData
 from core.restoration.methods.direction import (
     DirectionConfig,
+    _top_k,
     eligible_parameters,
     extract_direction,
     performance_drop,
@@ -269,3 +270,15 @@ def test_divergence_changes_nothing_and_stops_the_run_with_the_last_good_weights
     )
     assert "diverged in round 2" in out.notes["stopped"] and out.notes["rounds_run"] == 1
     assert _assert_between(out.model, *pair) == calls[-1]["restored_weights"] == out.notes["restored_weights"] > 0
+
+
+def test_top_k_is_global_exact_and_breaks_ties_in_tensor_order():
+    """Planted |grad|: a non-candidate with the largest gradient is never chosen, the largest
+    candidate always is, and three candidates tied at the threshold fill the last two places in order."""
+    a, b = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(3))
+    a.grad, b.grad = torch.tensor([3.0, 1.0, 2.0, -2.0]), torch.tensor([-2.0, 5.0, 0.5])
+    candidates = {"a": torch.ones(4, dtype=torch.bool), "b": torch.tensor([True, False, True])}
+    masks = _top_k({"a": a, "b": b}, candidates, 3)
+    assert masks["a"].tolist() == [True, False, True, True]
+    assert masks["b"].tolist() == [False, False, False]
+    assert sum(int(m.sum()) for m in _top_k({"a": a, "b": b}, candidates, 99).values()) == 6  # every candidate, no more

@@ -36,18 +36,20 @@ Where we depart from the paper (and from its code, see REFERENCES.md):
   each batch's share backpropagated), so memory stays one batch regardless of |D|.
 * A non-finite direction loss stops the run with the last completed round's weights.
 
-Memory: the current model, plus base and fine-tuned copies of the candidate weights only (the
-other weights never change), each in a scratch safetensors file read one tensor at a time
-(``core.base.lean``, issue 13), plus one round's gradients and masks.
+Memory (issue 13): one model at a time (the base is released before the fine-tuned model loads),
+its weights and the fine-tuned copies of the candidate weights in scratch safetensors files read one
+tensor at a time (``core.base.lean``), plus one round's gradients and boolean masks; the global
+top-k runs tensor by tensor, never over a flat vector of all scores.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -274,22 +276,33 @@ def _candidates(
 
 
 def _top_k(params: dict[str, nn.Parameter], candidates: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
-    """Masks of the ``k`` candidates with the largest |grad| over all tensors (one flat score
-    vector the size of the eligible weights: fine at 135M, worth chunking at 7B)."""
-    names = list(candidates)
+    """Masks of the ``k`` candidates with the largest |grad| over all tensors, found one tensor at a
+    time (issue 13: no flat score vector the size of the eligible weights): a running top-k of the
+    values gives the k-th largest |grad| t; every candidate above t is chosen, then candidates equal
+    to t in tensor order until k are (``torch.topk`` breaks such ties in no documented order either)."""
     k = min(k, sum(int(c.sum()) for c in candidates.values()))
     if k == 0:
         return {n: torch.zeros_like(c) for n, c in candidates.items()}
-    flat = torch.cat([_scores(params[n], candidates[n]).flatten() for n in names])
-    chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-    chosen[torch.topk(flat, k, sorted=False).indices] = True
-    parts = chosen.split([candidates[n].numel() for n in names])
-    return {n: part.view_as(candidates[n]) for n, part in zip(names, parts)}
+    best = None
+    for name, cand in candidates.items():
+        values = _grad_abs(params[name])[cand]
+        if best is not None:
+            values = torch.cat([best, values.to(best.device)])
+        best = torch.topk(values, min(k, values.numel()), sorted=False).values
+    threshold = best.min()
+    masks = {n: cand & (_grad_abs(params[n]) > threshold) for n, cand in candidates.items()}
+    ties = k - sum(int(m.sum()) for m in masks.values())
+    for name, cand in candidates.items():
+        if ties <= 0:
+            break
+        tied = (cand & (_grad_abs(params[name]) == threshold)).flatten().nonzero().flatten()[:ties]
+        masks[name].view(-1)[tied] = True
+        ties -= tied.numel()
+    return masks
 
 
-def _scores(p: nn.Parameter, candidates: torch.Tensor) -> torch.Tensor:
-    """|grad| on candidates, -1 elsewhere (below any candidate)."""
-    return torch.full_like(p, -1.0) if p.grad is None else torch.where(candidates, p.grad.abs(), -1.0)
+def _grad_abs(p: nn.Parameter) -> torch.Tensor:
+    return torch.zeros_like(p) if p.grad is None else p.grad.abs()
 
 
 def _share(count: int, percent: float) -> int:
@@ -485,18 +498,24 @@ class _Recovery:
 
 
 # ---------------------------------------------------------------------------- Algorithm 1, main body
-def _load_references(ctx: RestoreContext, model, layer: int, batch_size: int) -> tuple[torch.Tensor, dict, float]:
-    """Line 27: Δ_harmful from the base on D_rec; the base values of the candidate weights; and
-    the squared distance of all other weights (never changed) from the base."""
+def _load_references(ctx: RestoreContext, config: DirectionConfig) -> tuple[int, torch.Tensor, Mapping]:
+    """Line 27: L_dir, Δ_harmful from the base on D_rec, and every base weight in a scratch file read
+    one tensor at a time; the base is released before the fine-tuned model loads (issue 13: never
+    two models in memory)."""
     base = load_model(ctx.base)
-    harmful = extract_direction(base, ctx.tokenizer, [e.prompt for e in ctx.data.recovery], layer, batch_size)
-    eligible = eligible_parameters(model, layer)
-    base_params = dict(base.named_parameters())
-    with torch.no_grad():
-        rest = ((p, base_params[n]) for n, p in model.named_parameters() if n not in eligible)
-        rest_sq = sum(float((p.float() - b.float()).pow(2).sum()) for p, b in rest)
-    kept = {n: base_params[n].detach() for n in eligible}
-    return harmful, lean.DiskTensors(kept, kept.items()), rest_sq  # read one tensor at a time (issue 13)
+    layer = config.direction_layer(len(_decoder_layers(base)[1]))
+    harmful = extract_direction(base, ctx.tokenizer, [e.prompt for e in ctx.data.recovery], layer, config.batch_size)
+    params = {n: p.detach() for n, p in base.named_parameters()}
+    reference = lean.DiskTensors(params, params.items())
+    del base, params
+    gc.collect()
+    return layer, harmful, reference
+
+
+def _untouched_distance_sq(model, eligible: Mapping, base_ref: Mapping) -> float:
+    """Squared distance to the base of the weights Algorithm 1 never changes (streamed)."""
+    rest = ((p, n) for n, p in model.named_parameters() if n not in eligible)
+    return sum(float((p.float() - base_ref[n].float()).pow(2).sum()) for p, n in rest)
 
 
 @register(
@@ -510,10 +529,11 @@ def _load_references(ctx: RestoreContext, model, layer: int, batch_size: int) ->
 )
 def run(ctx: RestoreContext, config: DirectionConfig) -> RestoreOutput:
     """Algorithm 1 on (ctx.base, ctx.finetuned); returns the restored full model."""
-    model = load_model(ctx.finetuned, merge=True)
-    layer = config.direction_layer(len(_decoder_layers(model)[1]))
     with torch.no_grad():
-        harmful, base_ref, rest_sq = _load_references(ctx, model, layer, config.batch_size)
+        layer, harmful, base_ref = _load_references(ctx, config)
+    model = load_model(ctx.finetuned, merge=True)
+    with torch.no_grad():
+        rest_sq = _untouched_distance_sq(model, eligible_parameters(model, layer), base_ref)
         aligned = extract_direction(
             model, ctx.tokenizer, [e.prompt for e in ctx.data.rollback], layer, config.batch_size
         )  # line 28
