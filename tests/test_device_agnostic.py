@@ -6,9 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
-from core.base.tensors import flat, to_host
+from core.base.tensors import CHUNK, dot64, flat, to_host
 from core.restoration.methods.curvature import LoraObjective
 from core.world.models import ModelSpec, load_model
 
@@ -47,3 +48,13 @@ def test_lora_objective_in_bf16_round_trips_in_fp32(tiny_model_dir, tiny_adapter
     torch.testing.assert_close(obj.get(), moved.to(torch.bfloat16).float())
     obj.set(theta)
     torch.testing.assert_close(obj.get(), theta)
+
+
+def test_dot64_over_chunks_equals_the_whole_float64_sum():
+    """A tensor longer than one chunk (and not a multiple of it): the chunked float64 products sum to
+    the whole tensor's float64 product, for bf16 and fp32 inputs alike."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(CHUNK + 12_345, generator=gen)
+    y = torch.randn(CHUNK + 12_345, generator=gen).to(torch.bfloat16)
+    assert dot64(x, y) == pytest.approx(float((x.double() * y.double()).sum()), rel=1e-12)
+    assert dot64(x.view(-1, 1)) == pytest.approx(float(x.double().pow(2).sum()), rel=1e-12)

@@ -85,7 +85,7 @@ from core.base.options import from_args, option
 from core.base.progress import Progress
 from core.base.scaleout import map_shards
 from core.base.stats import bootstrap_interval
-from core.base.tensors import cosine
+from core.base.tensors import cosine, dot64
 from core.geometry.correlation import default_sets
 from core.geometry.registry import Analysis, register_analysis
 from core.world.data import Example, override_sets
@@ -181,7 +181,7 @@ def perturbed_parameters(model: torch.nn.Module, modules: tuple[str, ...]) -> di
 
 def global_norm(tensors: Mapping[str, torch.Tensor]) -> float:
     """L2 norm of all tensors taken as one vector (accumulated in float64)."""
-    return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors.values()))
+    return math.sqrt(sum(dot64(t) for t in tensors.values()))
 
 
 def mean_loss(model, batches: list[dict]) -> float:
@@ -264,7 +264,7 @@ class LazyGradientDirection(lean.LazyDirection):
         super().__init__(grads)
         self.grads, self.noise, total = grads, lean.Gaussians(seed), 0.0
         for n in self.names:
-            total += float(self._raw(n).double().pow(2).sum())
+            total += dot64(self._raw(n))
         self.norm = math.sqrt(total)
         if not self.norm > 0:
             raise InputError(
