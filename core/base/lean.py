@@ -175,10 +175,13 @@ class HostTensors(Mapping):
     """Copies on the host (pinned when CUDA is up) of tensors that live on an accelerator, each
     copied back to its device when read."""
 
-    def __init__(self, tensors: Mapping[str, torch.Tensor]):
+    def __init__(self, items: Iterable[tuple[str, torch.Tensor]]):
+        """``items``: (name, tensor) pairs, consumed one at a time (each may be a temporary)."""
         pin = torch.cuda.is_available()
-        self.host = {n: (t.detach().cpu().pin_memory() if pin else t.detach().cpu()) for n, t in tensors.items()}
-        self.devices = {n: t.device for n, t in tensors.items()}
+        self.host, self.devices = {}, {}
+        for n, t in items:
+            self.host[n] = t.detach().cpu().pin_memory() if pin else t.detach().cpu()
+            self.devices[n] = t.device
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return HELD.track(self.host[name].to(self.devices[name]))
@@ -198,9 +201,15 @@ def theta0_copy(params: Mapping[str, torch.Tensor], path: str) -> Mapping[str, t
     on the CPU, host copies beside an accelerator."""
     if path == "stored":
         return {n: p.detach().clone() for n, p in params.items()}
-    if all(p.device.type == "cpu" for p in params.values()):
-        return DiskTensors(params, params.items())
-    return HostTensors(params)
+    return off_device(params, params.items())
+
+
+def off_device(specs: Mapping[str, torch.Tensor], items: Iterable[tuple[str, torch.Tensor]]) -> Mapping:
+    """Tensors kept off the device and read back one at a time: a scratch file beside CPU weights
+    (``DiskTensors``: ``specs`` gives each shape, dtype and device), host copies beside an accelerator."""
+    if all(t.device.type == "cpu" for t in specs.values()):
+        return DiskTensors(specs, items)
+    return HostTensors(items)
 
 
 def close(tensors: Mapping) -> None:

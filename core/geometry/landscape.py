@@ -363,7 +363,7 @@ def surface(
         return f"{label} ({part}): row {i + 1}/{len(coords)}", shown
 
     with restoring(params, path) as theta0:
-        shared = (d1, d2, coords, batches, path == "stored")
+        shared = (d1, d2, coords, batches, path)
         map_shards(_grid_row, range(len(coords)), shared, (model, params, theta0), load, progress, report)
     return values
 
@@ -376,22 +376,28 @@ def landscape_replica(spec: ModelSpec, modules: tuple[str, ...]) -> tuple:
 
 
 def _grid_row(replica: tuple, shared: tuple, i: int) -> list[float]:
-    """Row i of the grid: the loss at theta0 + a_i d1 + b_j d2 for every b_j. On the stored path
-    the row's base theta0 + a_i d1 is computed once (fp32, one more copy of the perturbed weights)
-    and each point adds b_j d2 to it: the same operations in the same order as ``set_point``, so
-    the same bits, at half the memory passes per point (the update was ~4% of a demo forward)."""
+    """Row i of the grid: the loss at theta0 + a_i d1 + b_j d2 for every b_j. The row's base
+    theta0 + a_i d1 is computed once (fp32) and each point adds b_j d2 to it: the same operations in
+    the same order as ``set_point``, so the same bits, at half the memory passes per point (and on
+    the lean path half the direction tensors regenerated per point)."""
     model, params, theta0 = replica
-    d1, d2, coords, batches, row_base = shared
-    a = float(coords[i])
-    base = {n: torch.add(theta0[n].float(), d1[n], alpha=a) for n in params} if row_base else None
+    d1, d2, coords, batches, path = shared
+    base = _row_base(params, theta0, d1, float(coords[i]), path)
     row = []
     for b in coords:
-        if base is None:
-            set_point(params, theta0, d1, d2, a, float(b))
-        else:
-            set_point(params, base, d2, None, float(b))
+        set_point(params, base, d2, None, float(b))
         row.append(mean_loss(model, batches))
+    lean.close(base)
     return row
+
+
+def _row_base(params, theta0, d1, a: float, path: str) -> Mapping[str, torch.Tensor]:
+    """theta0 + a d1 in fp32: in memory (``stored``), or off the device one tensor at a time."""
+    items = ((n, torch.add(theta0[n].float(), d1[n], alpha=a)) for n in params)
+    if path == "stored":
+        return dict(items)
+    specs = {n: torch.empty((), device=p.device).expand(p.shape) for n, p in params.items()}  # fp32, no storage
+    return lean.off_device(specs, items)
 
 
 # ---------------------------------------------------------------------------- radius
