@@ -218,3 +218,16 @@ def test_scaleout_flags_do_not_change_the_answer_key():
 
     base = ["landscape", "--base", "/nonexistent-model", "--grid", "5"]
     assert answer_key(base + ["--workers", "2", "--ray-address", "10.0.0.1:6379"]) == answer_key(base)
+
+
+def test_landscape_rows_shared_with_ray_use_stored_directions(monkeypatch, tiny_model):
+    """Lazy directions read this machine's scratch files, so rows sent to Ray workers carry stored
+    ones: auto picks stored in a session, an explicit regenerate is a one-line error, and outside a
+    session regenerate stays as asked (no cluster needed: the session flag alone decides)."""
+    params = landscape.perturbed_parameters(tiny_model, LandscapeConfig().modules)
+    regenerate = LandscapeConfig(direction_memory="regenerate")
+    assert landscape._memory_path(tiny_model, params, 2, regenerate) == "regenerate"
+    monkeypatch.setattr(scaleout, "_current", object())
+    assert landscape._memory_path(tiny_model, params, 2, LandscapeConfig()) == "stored"
+    with pytest.raises(InputError, match="regenerate cannot be shared with Ray workers"):
+        landscape._memory_path(tiny_model, params, 2, regenerate)

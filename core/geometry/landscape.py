@@ -78,7 +78,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from core.base import lean
+from core.base import lean, scaleout
 from core.base.cache import memoize
 from core.base.errors import InputError
 from core.base.options import from_args, option
@@ -527,7 +527,15 @@ def _directions(params, reference, seeds: tuple[int, int], config: LandscapeConf
 def _memory_path(model, params, n_sets: int, config: LandscapeConfig) -> str:
     """Stored or regenerated directions: what ``--direction-memory`` says, or (auto) stored when
     theta0, the two directions, the sets' gradients, a transient copy and the grid row's fp32 base
-    fit comfortably."""
+    fit comfortably; always stored when rows go to Ray workers."""
+    if scaleout.active():  # Ray workers get the directions by value; lazy ones read this machine's scratch files
+        if config.direction_memory == "regenerate":
+            raise InputError(
+                "--direction-memory regenerate cannot be shared with Ray workers (its directions live in this "
+                "machine's scratch files).",
+                "use --direction-memory auto or stored with --workers, or --workers 1.",
+            )
+        return "stored"
     copies = 4 + (n_sets if config.directions == "gradient" else 0)
     device = next(iter(params.values())).device
     row_base = 4 * sum(p.numel() for p in params.values())
