@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
+import torch
 
 from core import cli
 from core.base import scaleout
@@ -25,7 +26,7 @@ from core.geometry.landscape import LandscapeConfig, loss_landscape
 from core.restoration.compare import compare
 from core.world.data import Example
 from core.world.eval_options import EvalOptions
-from core.world.models import ModelSpec
+from core.world.models import ModelSpec, check_device
 
 TESTS = Path(__file__).resolve().parent
 
@@ -231,3 +232,14 @@ def test_landscape_rows_shared_with_ray_use_stored_directions(monkeypatch, tiny_
     assert landscape._memory_path(tiny_model, params, 2, LandscapeConfig()) == "stored"
     with pytest.raises(InputError, match="regenerate cannot be shared with Ray workers"):
         landscape._memory_path(tiny_model, params, 2, regenerate)
+
+
+def test_a_ray_gpu_actor_reads_the_drivers_cuda_index_as_its_own_gpu(monkeypatch):
+    """Ray gives a GPU actor one visible GPU (CUDA_VISIBLE_DEVICES), so the driver's --device cuda:1
+    must mean that actor's cuda:0; elsewhere cuda:1 still has to exist."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(InputError, match="does not exist"):
+        check_device("cuda:1")
+    monkeypatch.setenv(scaleout.GPU_ACTOR, "1")
+    assert check_device("cuda:1") == torch.device("cuda")

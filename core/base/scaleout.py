@@ -35,6 +35,7 @@ from core.base.progress import Progress
 WAIT_S = 0.2  # how often the driver looks at the cancel event while shards run
 ENV_PREFIXES = ("SAFETY_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")  # what an actor must see as the driver does
 PROJECT = Path(__file__).resolve().parents[2]
+GPU_ACTOR = "SAFETY_RAY_GPU_ACTOR"  # set in an actor given a GPU: it sees that GPU alone, as cuda:0
 
 Report = Callable[[int, Any], "tuple[str, Any]"]
 
@@ -164,6 +165,13 @@ def _driver_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
 
 
+def ray_gpu_ids() -> list:
+    """The GPUs Ray gave this actor (none outside an actor)."""
+    import ray  # in a Ray worker process
+
+    return list(ray.get_gpu_ids())
+
+
 class Replica:
     """A Ray actor's state: its torch thread share and one replica; each shard runs in the
     driver's environment of the moment (its cache folder, offline flags)."""
@@ -172,6 +180,8 @@ class Replica:
         import torch  # in the Ray worker process, which starts without the engine
 
         torch.set_num_threads(threads)
+        if ray_gpu_ids():
+            os.environ[GPU_ACTOR] = "1"
         self.key: str | None = None
         self.replica: Any = None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from core.base.cache import atomic_dir, results_store, stable_hash, stored
 from core.base.errors import InputError
 from core.base.paths import cache_dir
+from core.base.scaleout import GPU_ACTOR
 from core.world.hub import hub_identity, hub_snapshot, looks_like_hub_id
 from core.world.placement import (
     check_device_map,
@@ -76,6 +78,8 @@ def check_device(device: str) -> torch.device:
     """``device`` as a torch device, or a one-line error when it is malformed or absent here."""
     if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
         raise InputError(f"Unknown device '{device}'.", "use auto, cpu, cuda, cuda:N or mps.")
+    if device.startswith("cuda:") and os.environ.get(GPU_ACTOR):
+        device = "cuda"  # a Ray GPU actor: the driver's cuda:N is this actor's only GPU (CUDA_VISIBLE_DEVICES)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(
             f"Device '{device}' was asked for, but this machine has no CUDA device.", "use --device cpu or auto."
