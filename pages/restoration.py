@@ -7,6 +7,7 @@ import streamlit as st
 import core.restoration.methods  # noqa: F401  (importing it registers every method)
 from core.base.paths import is_adapter_dir, shown_path
 from core.present import figures
+from core.restoration.data import DataConfig
 from core.restoration.methods.curvature import iteration_table, pair_table
 from core.restoration.registry import METHODS, param_tokens, preset_params, settable
 from core.restoration.store import list_runs
@@ -19,6 +20,7 @@ ui.page_header(
     "curvature-aware influence updates (paper 1), direction-based weight restoration (paper 2) and baselines.",
 )
 _, eval_opts = ui.options(EvalOptions, "evaluation")  # judge, generation length, capability items
+_, data_opts = ui.options(DataConfig, "restoration data")  # general answers in the retain set
 PAPER_METHODS = ["curvature", "direction"]  # listed first; LoRA-only methods need an adapter
 methods = {
     name: {"summary": m.summary, "needs_adapter": m.needs_adapter, "params": settable(m.config())}
@@ -124,7 +126,7 @@ def run_tab() -> None:
     )
     method = st.selectbox("Method", names, format_func=lambda m: f"{m}: {methods[m]['summary']}")
     params = _params(method, _preset(method))
-    argv = ["restore", "--method", method, *ui.pair_args(), *params, *eval_opts]
+    argv = ["restore", "--method", method, *ui.pair_args(), *params, *eval_opts, *data_opts]
     if st.checkbox("Also before/after VISAGE (a basin run per model, minutes)", key="visage"):
         argv.append("--visage")
     record = ui.analysis(argv, f"{method} restoration", live_steps, remember="restoration")
@@ -165,7 +167,9 @@ def compare_tab() -> None:
     """Every method with its defaults on this pair: one table."""
     st.write("Every method with its defaults on the same pair, seed and data (runs are shared with the tab above).")
     result = ui.analysis(
-        ["compare", *ui.pair_args(), *eval_opts, *ui.scaleout()], "comparison of all methods", remember="comparison"
+        ["compare", *ui.pair_args(), *eval_opts, *data_opts, *ui.scaleout()],
+        "comparison of all methods",
+        remember="comparison",
     )
     if result:
         ui.table(result["table"])

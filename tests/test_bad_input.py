@@ -116,6 +116,8 @@ CASES = [
     (["evaluate", "--harmful-examples", "-3"], "--harmful-examples"),
     (["evaluate", "--threads", "-2"], "--threads"),
     (["evaluate", "--capability-items", "-1"], "--capability-items"),
+    (["restore", "--method", "curvature", "--retain-general", "65"], "--retain-general"),
+    (["compare", "--retain-general", "-1"], "--retain-general"),
     (["world", "--seed", "abc"], "--seed"),
     (["world", "--harmful-examples", "1e9"], "--harmful-examples"),
     (["trajectory", "--lrs", "fast,slow"], "--lrs"),

@@ -236,3 +236,17 @@ def test_answer_key_follows_only_the_demo_world_it_uses():
     info = cache_dir() / "worlds" / "w0" / "world.json"
     os.utime(info, ns=(info.stat().st_atime_ns, info.stat().st_mtime_ns + 10**9))
     assert answers.answer_key(["correlate"]) != key, "a rebuilt world is a new input"
+
+
+def test_retain_general_reaches_the_run_request_and_compare(monkeypatch, capsys, tiny_model_dir, tiny_adapter_dir):
+    """``--retain-general`` is data, so it goes into the run's DataConfig (and so into its id)."""
+    import core.service.commands as commands
+
+    seen = {}
+    monkeypatch.setattr(commands, "restore", lambda pair, request, extra, progress: seen.setdefault("r", request))
+    monkeypatch.setattr(commands, "_run_summary", lambda record: {})
+    monkeypatch.setattr(commands, "compare", lambda *a: seen.setdefault("c", a[-1]) and {})
+    pair = ["--base", str(tiny_model_dir), "--finetuned", str(tiny_adapter_dir), "--device", "cpu", "--json"]
+    assert main(["restore", "--method", "curvature", "--retain-general", "32", *pair]) == 0
+    assert main(["compare", "--retain-general", "16", *pair]) == 0
+    assert seen["r"].data.retain_general == 32 and seen["c"].retain_general == 16

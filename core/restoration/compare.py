@@ -13,6 +13,7 @@ from core.base.paths import is_adapter_dir
 from core.base.progress import Progress
 from core.base.stats import mcnemar
 from core.geometry.basin import BasinConfig, safety_basin
+from core.restoration.data import DataConfig
 from core.restoration.registry import METHODS, method
 from core.restoration.runner import RunRequest, add_visage, after_flags, restore
 from core.world.data import Example, harmful_splits
@@ -34,6 +35,7 @@ def compare(
     progress: Progress | None = None,
     visage: bool = False,
     options: EvalOptions = EvalOptions(),
+    data: DataConfig = DataConfig(),
 ) -> dict:
     """Every method (default config) on the same pair, seed and data; one row per model, judged by
     ``options``' judge, with general capability (mean lm-eval ``acc``) on its items per task.
@@ -61,7 +63,7 @@ def compare(
         for row in rows:
             row["visage"] = basins[row["model"]]["visage"]
     runs = {}
-    shared = (pair, seed, extra, visage, options)
+    shared = (pair, seed, extra, visage, options, data)
     if scaleout.active():  # one method per Ray worker; progress as methods finish
         done = scaleout.map_shards(_remote_run, names, shared, progress=progress.stage(0.05, 1.0))
     else:
@@ -86,11 +88,12 @@ def compare(
 
 def _method_run(shared: tuple, name: str, progress: Progress) -> tuple[dict, dict[str, list[bool]]]:
     """One method's run record (with VISAGE if asked) and its per-example outcome flags."""
-    pair, seed, extra, visage, options = shared
+    pair, seed, extra, visage, options, data = shared
     request = RunRequest(
         name,
         METHODS[name].config(),
         seed,
+        data=data,
         eval=eval_config(options),
         judge=options.judge,
         judge_label=options.judge_label,

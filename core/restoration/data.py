@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, fields
 
 from core.base.cache import stable_hash
 from core.base.errors import InputError
+from core.base.options import option
 from core.base.progress import Progress
 from core.world.data import Example, benign_splits, harmful_splits, task_examples
 from core.world.data import fingerprint as data_fingerprint
@@ -47,7 +48,13 @@ class DataConfig:
 
     forget: int = 64  # harmful prompts whose compliant answers' loss is raised (B.1's D_f)
     retain: int = 64  # fine-tuning (task) examples whose loss must not rise (paper 1's retain set)
-    retain_general: int = 0  # + general benign prompts with the fine-tune's answers (0: the paper's retain set)
+    retain_general: int = option(
+        0,
+        "general benign prompts with the fine-tune's answers added to the retain set, and as many more to the "
+        "validation split, so eq. 2 guards ordinary answers too (0: the paper's task-only retain set)",
+        low=0,
+        high=64,
+    )
     curvature_batch: int = 8  # task examples [retain, retain + 2 x this) left out, so rollback stays where it was
     # (the curvature method's pair batch is its own ``pair_batch`` parameter, its pools are below)
     recovery: int = 64  # harmful prompts for the harmful direction (Algorithm 1's D_rec)

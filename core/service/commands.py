@@ -26,6 +26,7 @@ from core.base.scaleout import check as check_scaleout
 from core.geometry.claims import RULES, claims_table
 from core.geometry.registry import ANALYSES
 from core.restoration.compare import compare
+from core.restoration.data import DataConfig
 from core.restoration.registry import METHODS, method, parse_config, settable
 from core.restoration.runner import RunRequest, add_visage, restore
 from core.restoration.store import runs_dir
@@ -87,11 +88,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--prompts-file", help="extra harmful prompts, one per line, reported before/after separately")
     r.add_argument("--visage", action="store_true", help="also the before/after VISAGE score (a basin run per model)")
     add_arguments(r, EvalOptions)
+    add_arguments(r, DataConfig)
     cp = _command(sub, "compare", "every restoration method on the same world, seed and data: one table")
     cp.add_argument("--methods", default="", help="comma-separated subset (default: all that apply)")
     cp.add_argument("--prompts-file", help="extra harmful prompts, one per line, reported before/after separately")
     cp.add_argument("--visage", action="store_true", help="add a VISAGE column (a basin run per restored model)")
     add_arguments(cp, EvalOptions)
+    add_arguments(cp, DataConfig)
     t = _command(sub, "trajectory", "PCA view of curvature-aware vs first-order optimizer paths (C.2)")
     add_arguments(t, TrajectoryConfig)
     cap = _command(sub, "capability", "general capability: ARC, BoolQ, PIQA, HellaSwag, Winogrande accuracy")
@@ -176,6 +179,7 @@ def cmd_restore(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         m.name,
         config,
         args.seed,
+        data=from_args(DataConfig, args),
         eval=eval_config(options),
         judge=options.judge,
         judge_label=options.judge_label,
@@ -192,7 +196,8 @@ def cmd_compare(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     methods = [m for m in args.methods.split(",") if m] or None
     options = from_args(EvalOptions, args)
     load_judge(options.judge, options.judge_label)  # a one-line error before any model loads
-    return compare(pair_from_args(args, progress), args.seed, methods, extra, progress, args.visage, options)
+    pair, data = pair_from_args(args, progress), from_args(DataConfig, args)
+    return compare(pair, args.seed, methods, extra, progress, args.visage, options, data)
 
 
 def cmd_trajectory(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
