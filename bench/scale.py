@@ -16,7 +16,8 @@ the tiny size the interpreter dominates and the ratio says little (targets apply
     python bench/scale.py --size 1b --threads 2        # CPU, the issue's closing check
     python bench/scale.py --device cuda --size 8b      # the check for a machine with a GPU
 
-``--only correlate,interpolate`` runs a subset; ``--keep DIR`` keeps the model, data and cache.
+``--only correlate,interpolate`` runs a subset (``curvature`` is the analysis, ``"restore curvature"``
+the method); ``--keep DIR`` keeps the model, data and cache.
 Exit status 1 when any command fails.
 """
 
@@ -223,7 +224,14 @@ def commands(paths: dict[str, Path], sets: dict[str, Path], only: set[str]) -> l
     for name, params in METHODS.items():
         flags = [a for p in params for a in ("--param", p.format(unaligned=paths["unaligned"]))]
         out.append((f"restore {name}", ["restore", "--method", name, *pair, *flags, "--harmful-tokens", "8"]))
-    return [(n, a) for n, a in out if not only or n in only or n.removeprefix("restore ") in only]
+    return [(n, a) for n, a in out if not only or n in only or _method_named(n, only)]
+
+
+def _method_named(name: str, only: set[str]) -> bool:
+    """``restore X`` is also chosen by the bare ``X``, unless ``X`` names an analysis too (``curvature``:
+    the analysis; write ``restore curvature`` for the method)."""
+    bare = name.removeprefix("restore ")
+    return bare != name and bare in only and bare not in TINY
 
 
 def main() -> int:
