@@ -838,11 +838,12 @@ def _model_block(
 ) -> dict:
     """``geometry`` of one model (merged weights) on the probe and task examples."""
     start = time.monotonic()
-    model, tokenizer = load_model(spec, merge=True), load_tokenizer(spec)
+    tokenizer = load_tokenizer(spec)
     s_batches = encode_batches(tokenizer, safety, config.batch_size, config.max_length)
     kl, own = config.alignment_loss == "kl", spec == aligned
-    if kl and not own:  # the teacher is the aligned model, run in full before this model's cache
+    if kl and not own:  # the teacher is the aligned model, run in full and released before this model loads
         s_batches = attach_teacher(load_model(aligned), s_batches)
+    model = load_model(spec, merge=True)
     params = select_parameters(model, rule["params"], tuple(rule["targets"]), rule["layers"])
     lm = CausalLoss(model, params)
     s_batches = lm.cache(s_batches)
