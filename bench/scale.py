@@ -54,7 +54,8 @@ TARGETS = {"landscape": 1.5, "basin": 1.5, "curvature": 1.5, "restore direction"
 TARGETS["restore safelora"] = 2.0
 TINY = {
     "correlate": "--n 4 --null-seeds 1 --null-examples 3".split(),
-    "landscape": "--grid 5 --samples 2 --no-floor --direction-memory regenerate".split(),
+    # a fixed radius: the fit walks out until the loss rises, far (and slowly) on an untrained model
+    "landscape": "--grid 5 --samples 2 --no-floor --radius 0.05 --direction-memory regenerate".split(),
     "curvature": (
         "--k 2 --layers 1 --samples 2 --probe-tokens 16 --lanczos-steps 4 --trace-probes 2 --drift-steps 4 "
         "--every 2 --train-examples 2 --probe-samples 4"
