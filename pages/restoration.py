@@ -138,6 +138,8 @@ def run_tab() -> None:
         )
         ui.table(figures.before_after_table(record))
         curvature_pairs(record.get("notes") or {})
+        if method == "safelora":
+            ui.figure(figures.safelora_similarity(record.get("notes")), "safelora-similarity", key=f"sl-{record['id']}")
         ui.figure(figures.restoration_live(record), f"restoration-{method}", key=f"restoration-{record['id']}")
 
 

@@ -335,3 +335,19 @@ def test_spectral_density_one_line_per_model_on_a_log_axis():
     assert len(fig.data) == 2 and fig.layout.yaxis.type == "log" and fig.layout.xaxis.title.text
     assert "2 probes" in fig.data[0].name and min(fig.data[0].y) > 0
     assert len(F.FIGURES["curvature"].figures(result)) == 3
+
+
+def test_safelora_similarity_sorts_modules_and_splits_projected_from_kept():
+    notes = {
+        "mode": "threshold",
+        "threshold": 0.5,
+        "similarity": {"a.q_proj": 0.7, "b.q_proj": 0.1, "c.v_proj": 0.3},
+        "projected": ["b.q_proj", "c.v_proj"],
+    }
+    fig = F.safelora_similarity(notes)
+    projected, kept = fig.data
+    assert list(projected.x) == [1, 2] and list(projected.y) == [0.1, 0.3]  # sorted by similarity
+    assert list(kept.x) == [3] and list(kept.hovertext) == ["a.q_proj"]
+    assert projected.name == "projected (2)"
+    assert fig.layout.shapes[0].y0 == 0.5  # the threshold line
+    assert F.safelora_similarity({}).layout.annotations[0].text == F.NO_DATA

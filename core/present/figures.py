@@ -931,6 +931,35 @@ def before_after_table(record: dict | None) -> list[dict]:
 PATH_COLOURS = {"curvature": "#000000", "gradient-ascent": "#D55E00"}
 
 
+def safelora_similarity(notes: dict | None) -> go.Figure:
+    """Safe LoRA's per-module similarity cos(C dW, dW) (Hsu et al. 2024), sorted, projected and kept
+    modules apart, with the threshold: where it falls in the distribution decides the model."""
+    title = "Safe LoRA: similarity of each module's update to its safety projection"
+    notes = notes or {}
+    similarity = notes.get("similarity") or {}
+    if not similarity:
+        return no_data(title)
+    names = sorted(similarity, key=lambda n: similarity[n])
+    projected = set(notes.get("projected") or [])
+    fig = go.Figure()
+    for label, colour, chosen in (("projected", OKABE_ITO[1], True), ("kept", OKABE_ITO[0], False)):
+        rank = [i + 1 for i, n in enumerate(names) if (n in projected) == chosen]
+        fig.add_trace(
+            go.Bar(
+                x=rank,
+                y=[similarity[names[i - 1]] for i in rank],
+                hovertext=[names[i - 1] for i in rank],
+                name=f"{label} ({len(rank)})",
+                marker_color=colour,
+            )
+        )
+    if notes.get("mode", "threshold") == "threshold" and _finite(notes.get("threshold")) is not None:
+        fig.add_hline(y=notes["threshold"], line_dash="dash", annotation_text=f"threshold {notes['threshold']}")
+    fig.update_xaxes(title_text=f"module, by similarity ({len(names)} LoRA modules)")
+    fig.update_yaxes(title_text="cos(C ΔW, ΔW)", range=[min(0.0, min(similarity.values())), 1.05])
+    return _finish(fig, title, barmode="overlay")
+
+
 def trajectory_contour(result: dict | None) -> go.Figure:
     """Per learning rate, the objective J = L_forget − L_retain over the PCA plane and both paths; a
     non-numeric key (the stored restoration runs' plane) is drawn last, titled by its name."""
