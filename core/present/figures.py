@@ -957,7 +957,7 @@ def safelora_similarity(notes: dict | None) -> go.Figure:
         fig.add_hline(y=notes["threshold"], line_dash="dash", annotation_text=f"threshold {notes['threshold']}")
     fig.update_xaxes(title_text=f"module, by similarity ({len(names)} LoRA modules)")
     fig.update_yaxes(title_text="cos(C ΔW, ΔW)", range=[min(0.0, min(similarity.values())), 1.05])
-    return _finish(fig, title, barmode="overlay")
+    return _finish(fig, title, barmode="overlay", showlegend=True)
 
 
 def trajectory_contour(result: dict | None) -> go.Figure:
