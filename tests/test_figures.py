@@ -351,3 +351,15 @@ def test_safelora_similarity_sorts_modules_and_splits_projected_from_kept():
     assert projected.name == "projected (2)"
     assert fig.layout.shapes[0].y0 == 0.5  # the threshold line
     assert F.safelora_similarity({}).layout.annotations[0].text == F.NO_DATA
+
+
+def test_comparison_bars_star_the_values_that_differ_from_the_fine_tune():
+    result = compare_result()
+    result["table"][2]["significant_vs_finetuned"] = "harmful_rate, over_refusal"
+    fig = F.comparison_bars(result)
+    keys = list(F.COMPARISON_METRICS)
+    text = dict(zip(keys, fig.data[2].text))
+    assert text["harmful_rate"] == "50*" and text["over_refusal"] == "3*" and text["task_exact_match"] == "88"
+    assert all("*" not in t for t in fig.data[3].text)  # gradient-ascent: nothing marked
+    assert "McNemar p < 0.05" in fig.layout.xaxis.title.text
+    assert "McNemar" not in F.comparison_bars(compare_result()).layout.xaxis.title.text

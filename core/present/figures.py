@@ -1078,7 +1078,8 @@ def pair_bars(metrics: dict | None) -> go.Figure:
 
 def comparison_bars(result: dict | None, title: str = "Restoration methods compared") -> go.Figure:
     """The headline metrics (%) of every model in a ``compare`` table, one colour per model, with
-    their 95% intervals: harm (harmful rate, prefill ASR) beside utility (task exact match, general
+    their 95% intervals and a * on each value that differs from the fine-tune's (the table's McNemar
+    test, p < 0.05): harm (harmful rate, prefill ASR) beside utility (task exact match, general
     capability) and over-refusal, so safety bought by refusing everything shows at a glance. The
     general-capability axis appears when the table has it."""
     rows = [r for r in (result or {}).get("table") or [] if isinstance(r, dict) and "model" in r]
@@ -1087,9 +1088,13 @@ def comparison_bars(result: dict | None, title: str = "Restoration methods compa
     metrics = [k for k in COMPARISON_METRICS if k != "general_capability" or any(k in r for r in rows)]
     colours = model_colours([r["model"] for r in rows])
     fig = go.Figure()
+    marked = False
     for r in rows:
         ys = [_finite(r.get(k)) for k in metrics]
         cis = [_ci_bounds(r.get(f"{k}_ci")) for k in metrics]
+        differs = {m.strip() for m in str(r.get("significant_vs_finetuned") or "").split(",")}
+        stars = ["*" if k in differs else "" for k in metrics]
+        marked = marked or any(stars)
         error = None
         if any(cis):
             error = dict(
@@ -1107,11 +1112,12 @@ def comparison_bars(result: dict | None, title: str = "Restoration methods compa
                 error_y=error,
                 name=_label(r["model"]),
                 marker_color=colours[r["model"]],
-                texttemplate="%{y:.0f}",
+                text=[f"{y:.0f}{star}" if y is not None else "" for y, star in zip(ys, stars)],
                 textposition="outside",
             )
         )
-    fig.update_xaxes(title_text="metric (harm · over-refusal · utility)")
+    note = "; * differs from the fine-tune, McNemar p < 0.05" if marked else ""
+    fig.update_xaxes(title_text="metric (harm · over-refusal · utility)" + note)
     fig.update_yaxes(title_text="rate (%)" + (", 95% CI" if any(f"{k}_ci" in r for r in rows for k in metrics) else ""))
     fig.update_yaxes(range=[0, 115])
     return _finish(fig, title, barmode="group")
@@ -1138,6 +1144,7 @@ __all__ = [
     "no_data",
     "pair_bars",
     "restoration_live",
+    "safelora_similarity",
     "slide_template",
     "spectral_density",
     "trajectory_contour",
