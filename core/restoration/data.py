@@ -35,7 +35,7 @@ from core.base.cache import stable_hash
 from core.base.errors import InputError
 from core.base.options import option
 from core.base.progress import Progress
-from core.world.data import Example, benign_splits, harmful_splits, task_examples
+from core.world.data import BENIGN_SPLIT_SIZES, Example, benign_splits, harmful_splits, task_examples
 from core.world.data import fingerprint as data_fingerprint
 from core.world.generation import own_answers
 from core.world.judge import keyword_judge
@@ -53,7 +53,7 @@ class DataConfig:
         "general benign prompts with the fine-tune's answers added to the retain set, and as many more to the "
         "validation split, so eq. 2 guards ordinary answers too (0: the paper's task-only retain set)",
         low=0,
-        high=64,
+        high=BENIGN_SPLIT_SIZES["retain"] // 2,  # both halves come from the benign retain split
     )
     curvature_batch: int = 8  # task examples [retain, retain + 2 x this) left out, so rollback stays where it was
     # (the curvature method's pair batch is its own ``pair_batch`` parameter, its pools are below)

@@ -421,8 +421,8 @@ class _Recovery:
         non-candidate weights equal the fine-tune's, contributing ``rest_sq`` to the base distance."""
         to_ft = to_base = 0.0
         for name, p in self.params.items():
-            to_ft += float((p.float() - self.ft_ref[name].float()).pow(2).sum())
-            to_base += float((p.float() - self.base_ref[name].float()).pow(2).sum())
+            to_ft += _squared_distance(p, self.ft_ref[name])
+            to_base += _squared_distance(p, self.base_ref[name])
         return {"distance_to_finetuned": math.sqrt(to_ft), "distance_to_base": math.sqrt(to_base + self.rest_sq)}
 
     def record(self, phase: str) -> dict:
@@ -514,8 +514,12 @@ def _load_references(ctx: RestoreContext, config: DirectionConfig) -> tuple[int,
 
 def _untouched_distance_sq(model, eligible: Mapping, base_ref: Mapping) -> float:
     """Squared distance to the base of the weights Algorithm 1 never changes (streamed)."""
-    rest = ((p, n) for n, p in model.named_parameters() if n not in eligible)
-    return sum(float((p.float() - base_ref[n].float()).pow(2).sum()) for p, n in rest)
+    return sum(_squared_distance(p, base_ref[n]) for n, p in model.named_parameters() if n not in eligible)
+
+
+def _squared_distance(w: torch.Tensor, reference: torch.Tensor) -> float:
+    """||w - reference||^2 in fp32, one tensor at a time."""
+    return float((w.float() - reference.float()).pow(2).sum())
 
 
 @register(
