@@ -10,6 +10,7 @@ import torch
 from scipy import stats
 
 from core.restoration.data import RestorationData
+from core.world.data import spread
 from core.world.generation import generate
 from core.world.judge import Judge, keyword_judge
 from core.world.loss import dataset_losses
@@ -21,12 +22,6 @@ class MonitorConfig:
     harmful_tokens: int = 24  # greedy tokens per monitor prompt (refusals show in the first sentence)
     task_tokens: int = 16
     loss_examples: int = 32  # retain/forget examples whose losses are correlated with the base's (C.1)
-
-
-def _spread(items: list, n: int) -> list:
-    """``n`` items evenly spread over ``items`` (the retain set is task examples then general)."""
-    step = max(1, len(items) // n)
-    return items[::step][:n]
 
 
 class Monitor:
@@ -42,8 +37,8 @@ class Monitor:
     ):
         self.tok, self.data, self.config, self.judge = tokenizer, data, config, judge
         self.sets = {
-            "forget": _spread(data.forget, config.loss_examples),
-            "retain": _spread(data.retain, config.loss_examples),
+            "forget": spread(data.forget, config.loss_examples),
+            "retain": spread(data.retain, config.loss_examples),
         }
         self.base_losses = {k: dataset_losses(base_model, tokenizer, v) for k, v in self.sets.items()}
 

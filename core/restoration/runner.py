@@ -37,7 +37,7 @@ from core.restoration.store import load_record, runs_dir
 from core.world.capability import summary as capability_summary
 from core.world.data import Example, harmful_splits
 from core.world.demo import eval_sets
-from core.world.evaluation import EvalConfig, evaluate_model, outcome_flags, summary
+from core.world.evaluation import EvalConfig, config_key, evaluate_model, outcome_flags, summary
 from core.world.evaluation import with_capability as with_capability_report
 from core.world.judge import Judge, judge_identity, keyword_judge, load_judge
 from core.world.models import ModelSpec, fingerprint, load_model, load_tokenizer, validate
@@ -80,7 +80,7 @@ def run_id(pair: dict[str, ModelSpec], request: RunRequest) -> str:
         request.seed,
         asdict(request.data),
         asdict(request.monitor),
-        asdict(request.eval),
+        config_key(request.eval),
         request.evaluate,
         "restore-v1",
         *judge,

@@ -125,6 +125,13 @@ def borderline_splits(seed: int = 0) -> dict[str, list[Example]]:
     return _cut(pool, BORDERLINE_SPLIT_SIZES, seed, rest="eval")
 
 
+def spread(items: list, n: int) -> list:
+    """``n`` items evenly spread over ``items`` (every k-th), so a cut of a set that lists one kind
+    of example and then another (task then general; general then borderline) keeps both."""
+    step = max(1, len(items) // n)
+    return items[::step][:n]
+
+
 def over_refusal_prompts(seed: int = 0) -> list[Example]:
     """Held-out benign prompts a safe model must still answer: general + borderline."""
     return benign_splits(seed)["eval"] + borderline_splits(seed)["eval"]

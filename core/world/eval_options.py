@@ -50,3 +50,11 @@ class EvalOptions(JudgeOptions):
         low=0,
         high=2000,
     )
+    eval_examples: int = option(
+        0,
+        "held-out examples per evaluation set (harmful, task, over-refusal), evenly spread over each; 0: all "
+        "(100 each). Fewer make a quick check whose Wilson intervals widen to match",
+        label="Held-out examples per set (0: all)",
+        low=0,
+        high=100,
+    )
