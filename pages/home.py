@@ -127,7 +127,7 @@ if ui.is_demo():
                 if a["status"] == "failed":
                     st.warning(f"Quick preview of {name} failed: {a['error']}", icon=":material/error:")
 else:
-    _, eval_opts = ui.options(EvalOptions, "evaluation")  # judge, generation length, capability items
+    _, eval_opts = ui.options(EvalOptions, "evaluation")  # judge, generation length, capability items, set sizes
     result = ui.analysis(["evaluate", *ui.pair_args(), *eval_opts], "evaluation of both models")
     if result:
         cards(pair := {k: v for k, v in result.items() if k in ("base", "finetuned")})

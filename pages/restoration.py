@@ -19,8 +19,8 @@ ui.page_header(
     "Take the drifted fine-tune back to the base model's safety while keeping the task: "
     "curvature-aware influence updates (paper 1), direction-based weight restoration (paper 2) and baselines.",
 )
-_, eval_opts = ui.options(EvalOptions, "evaluation")  # judge, generation length, capability items
-_, data_opts = ui.options(DataConfig, "restoration data")  # general answers in the retain set
+_, eval_opts = ui.options(EvalOptions, "evaluation")  # judge, generation length, capability items, set sizes
+_, data_opts = ui.options(DataConfig, "restoration data")  # set sizes, answer length, general answers
 PAPER_METHODS = ["curvature", "direction"]  # listed first; LoRA-only methods need an adapter
 methods = {
     name: {"summary": m.summary, "needs_adapter": m.needs_adapter, "params": settable(m.config())}

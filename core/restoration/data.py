@@ -35,7 +35,14 @@ from core.base.cache import stable_hash
 from core.base.errors import InputError
 from core.base.options import option
 from core.base.progress import Progress
-from core.world.data import BENIGN_SPLIT_SIZES, Example, benign_splits, harmful_splits, task_examples
+from core.world.data import (
+    BENIGN_SPLIT_SIZES,
+    HARMFUL_SPLIT_SIZES,
+    Example,
+    benign_splits,
+    harmful_splits,
+    task_examples,
+)
 from core.world.data import fingerprint as data_fingerprint
 from core.world.generation import own_answers
 from core.world.judge import keyword_judge
@@ -46,7 +53,12 @@ from core.world.models import ModelSpec, fingerprint, load_model, load_tokenizer
 class DataConfig:
     """Sizes of the restoration data; every set is disjoint from the held-out evaluation split."""
 
-    forget: int = 64  # harmful prompts whose compliant answers' loss is raised (B.1's D_f)
+    forget: int = option(
+        64,
+        "forget-split harmful prompts offered to the forget set (B.1's D_f: those the fine-tune complies with)",
+        low=1,
+        high=HARMFUL_SPLIT_SIZES["forget"],
+    )
     retain: int = 64  # fine-tuning (task) examples whose loss must not rise (paper 1's retain set)
     retain_general: int = option(
         0,
@@ -59,9 +71,18 @@ class DataConfig:
     # (the curvature method's pair batch is its own ``pair_batch`` parameter, its pools are below)
     recovery: int = 64  # harmful prompts for the harmful direction (Algorithm 1's D_rec)
     rollback: int = 64  # fine-tuning (task) prompts for the aligned direction (D_roll, section 5.2.3)
-    monitor: int = 16  # held-out harmful prompts and task examples watched at every step
-    fuse: int = 64  # task examples whose exact match the direction method's fuse and rollback decide on
-    response_tokens: int = 48  # length of the fine-tuned model's own answers used as responses
+    monitor: int = option(
+        16, "held-out harmful prompts and task examples watched at every step (the live monitor)", low=1, high=100
+    )
+    fuse: int = option(
+        64, "task examples whose exact match the direction method's fuse and rollback decide on", low=1, high=512
+    )
+    response_tokens: int = option(
+        48,
+        "length in tokens of the fine-tune's own answers used as forget, recovery and validation responses",
+        low=1,
+        high=512,
+    )
 
 
 @dataclass
