@@ -242,6 +242,25 @@ def test_resta_adds_the_scaled_safety_vector_exactly(
     assert steps[1]["distance_to_finetuned"] == pytest.approx(0.7 * v_norm, rel=1e-4)
 
 
+def test_resta_takes_a_given_unaligned_model_and_trains_nothing(
+    tokenizer, tiny_model_dir, tiny_adapter_dir, unaligned_dir, fake_unaligned
+):
+    """``unaligned=DIR``: v = base - that model exactly, and no unaligned model is built; a missing
+    directory is a one-line error."""
+    ctx, _ = make_ctx(tokenizer, tiny_model_dir, tiny_adapter_dir)
+    base, unaligned = _params(ctx.base), _params(ModelSpec(str(unaligned_dir), device="cpu"))
+    ft = _params(ctx.finetuned, merge=True)
+    out = resta.run_resta(ctx, resta.RestaConfig(scale=0.5, unaligned=str(unaligned_dir)))
+    assert fake_unaligned == []
+    for name, p in out.model.named_parameters():
+        assert torch.equal(p, ft[name] + 0.5 * (base[name] - unaligned[name])), name
+    ctx, _ = make_ctx(tokenizer, tiny_model_dir, tiny_adapter_dir)
+    out = resta.run_resta(ctx, resta.RestaConfig(scale=0.5, unaligned=str(tiny_model_dir)))
+    assert out.notes["safety_vector_norm"] == 0.0  # the base as its own unaligned model: v = 0
+    with pytest.raises(InputError, match="does not exist"):
+        resta.RestaConfig(unaligned="/no/such/model")
+
+
 def test_resta_dare_acts_on_the_fine_tuning_delta(
     tokenizer, tiny_model_dir, full_ft_dir, unaligned_dir, fake_unaligned
 ):

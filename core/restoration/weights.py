@@ -23,6 +23,7 @@ import torch
 
 from core.base import lean
 from core.base.cache import atomic_dir, stable_hash
+from core.base.errors import InputError
 from core.base.paths import cache_dir
 from core.base.progress import Progress
 from core.restoration.context import RestoreContext
@@ -72,10 +73,18 @@ def _save(model, tokenizer, path: Path) -> None:
     tokenizer.save_pretrained(path)
 
 
-def load_unaligned(ctx: RestoreContext, config: UnalignConfig):
-    path = unaligned_model_dir(ctx.base, ctx.data.forget, config, ctx.progress.stage(0.5, 0.95))
+def load_unaligned(ctx: RestoreContext, config: UnalignConfig, given: str = ""):
+    """The unaligned model: ``given`` (a model directory) when set, else the base fine-tuned by
+    ``config`` on the forget set's compliant answers (built once, cached)."""
+    path = given or unaligned_model_dir(ctx.base, ctx.data.forget, config, ctx.progress.stage(0.5, 0.95))
     b = ctx.base
     return load_model(ModelSpec(str(path), device=b.device, dtype=b.dtype, trust_remote_code=b.trust_remote_code))
+
+
+def require_model_dir(method: str, key: str, value: str) -> None:
+    """A one-line error when a method's model-directory parameter names nothing on disk."""
+    if value and not Path(value).expanduser().exists():
+        raise InputError(f"{method} {key}={value!r} does not exist.", "pass a local model directory.")
 
 
 # ---------------------------------------------------------------------------- full-weight helpers

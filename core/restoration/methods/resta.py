@@ -15,7 +15,8 @@ task least. A positive ``scale`` is used as given.
 
 Where we depart from RESTA: its unaligned model comes from Qi et al.'s harmful-QA attack; we use
 the fine-tune's own compliant answers (the data every method here gets), on all linear layers (as
-the second paper did for RESTA).
+the second paper did for RESTA). ``unaligned=MODEL_DIR`` takes an existing harmfully fine-tuned copy
+of the base instead (RESTA's own setting, e.g. Qi et al.'s model), and nothing is trained.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from core.restoration.weights import (
     apply_update,
     distances_to,
     load_unaligned,
+    require_model_dir,
     weights_on_disk,
 )
 from core.world.data import harmful_splits
@@ -50,6 +52,7 @@ class RestaConfig:
     margin: float = 5.0  # points above the base's validation harmful rate that count as restored
     validation_prompts: int = 32  # harmful prompts of the curvature split (never evaluated on)
     drop_rate: float = 0.0  # DARE drop probability p on the fine-tuning delta; 0 disables DARE
+    unaligned: str = ""  # an existing harmfully fine-tuned base as theta_unaligned; "" = train one (unalign)
     unalign: UnalignConfig = UnalignConfig()
 
     def __post_init__(self):
@@ -59,6 +62,7 @@ class RestaConfig:
             )
         if self.scale < 0 or not self.candidates or min(self.candidates) <= 0:
             raise InputError("resta scale and candidates must be positive (scale 0 = choose).", "e.g. scale=0.5.")
+        require_model_dir("resta", "unaligned", self.unaligned)
 
     def expected_steps(self) -> int:
         return 2
@@ -86,7 +90,7 @@ def run_resta(ctx: RestoreContext, config: RestaConfig) -> RestoreOutput:
         trials["base"] = _harmful_rate(base_model, ctx.tokenizer, _prompts(ctx, config), ctx.judge)
     base = weights_on_disk(base_model)
     del base_model
-    unaligned = weights_on_disk(load_unaligned(ctx, config.unalign))
+    unaligned = weights_on_disk(load_unaligned(ctx, config.unalign, config.unaligned))
     model = load_model(ctx.finetuned, merge=True)
     ctx.record_step(model, **distances_to(model, base))
     scale = config.scale

@@ -17,7 +17,6 @@ can be plotted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -27,6 +26,7 @@ from core.restoration.distances import delta_distances, lora_deltas
 from core.restoration.registry import RestoreOutput, register
 from core.restoration.weights import (
     lora_modules,
+    require_model_dir,
     weights_on_disk,
 )
 from core.world.demo import is_demo_base, raw_model_path
@@ -49,8 +49,7 @@ class SafeLoraConfig:
             raise InputError(f"safelora threshold={self.threshold} is not a cosine.", "use a value in [-1, 1].")
         if self.layers < 1:
             raise InputError(f"safelora layers={self.layers} is below 1.", "project at least one module.")
-        if self.unaligned and not Path(self.unaligned).expanduser().exists():
-            raise InputError(f"safelora unaligned={self.unaligned!r} does not exist.", "pass a local model directory.")
+        require_model_dir("safelora", "unaligned", self.unaligned)
 
     def expected_steps(self) -> int:
         return 2
