@@ -524,17 +524,23 @@ def _directions(params, reference, seeds: tuple[int, int], config: LandscapeConf
     return make(reference, seeds[0]), make(reference, seeds[1])
 
 
+def check_memory_for_workers(direction_memory: str, scaled: bool) -> None:
+    """Ray workers get the directions by value; regenerated ones read this machine's scratch files,
+    so ``regenerate`` with workers is a one-line error (checked before any model loads, and here)."""
+    if scaled and direction_memory == "regenerate":
+        raise InputError(
+            "--direction-memory regenerate cannot be shared with Ray workers (its directions live in this "
+            "machine's scratch files).",
+            "use --direction-memory auto or stored with --workers, or --workers 1.",
+        )
+
+
 def _memory_path(model, params, n_sets: int, config: LandscapeConfig) -> str:
     """Stored or regenerated directions: what ``--direction-memory`` says, or (auto) stored when
     theta0, the two directions, the sets' gradients, a transient copy and the grid row's fp32 base
     fit comfortably; always stored when rows go to Ray workers."""
-    if scaleout.active():  # Ray workers get the directions by value; lazy ones read this machine's scratch files
-        if config.direction_memory == "regenerate":
-            raise InputError(
-                "--direction-memory regenerate cannot be shared with Ray workers (its directions live in this "
-                "machine's scratch files).",
-                "use --direction-memory auto or stored with --workers, or --workers 1.",
-            )
+    if scaleout.active():
+        check_memory_for_workers(config.direction_memory, scaled=True)
         return "stored"
     copies = 4 + (n_sets if config.directions == "gradient" else 0)
     device = next(iter(params.values())).device

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from core.base.errors import InputError
 from core.base.options import from_args
+from core.base.scaleout import ScaleOut
+from core.geometry.landscape import check_memory_for_workers
 from core.restoration.registry import method, parse_config
 from core.world.capability import CapabilityConfig, check_config
 from core.world.data import load_dataset_file, load_prompts_file
@@ -30,6 +32,9 @@ def check_inputs(args: argparse.Namespace) -> None:
             load_dataset_file(value)
     if args.command == "capability":
         check_config(from_args(CapabilityConfig, args))
+    if args.command == "landscape":
+        scale = from_args(ScaleOut, args)
+        check_memory_for_workers(args.direction_memory, scale.workers > 1 or bool(scale.ray_address))
     if args.command == "restore":
         parse_config(method(args.method), params(args.param))
     if args.command == "compare":
