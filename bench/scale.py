@@ -8,9 +8,13 @@ analyses that take set files. Each command runs as the CLI runs it, ``python -m 
 its own process with tiny settings and a fresh cache, so nothing is answered from a cache.
 
 Landscape and basin run with ``--direction-memory regenerate`` (the lean path, reported in the
-"memory" column). Peak memory: the process's peak RSS (``wait4``), and with CUDA ``torch.cuda.max_memory_allocated``.
-"over base" is (peak RSS - the RSS of a process that only imports the engine) / weight bytes; at
-the tiny size the interpreter dominates and the ratio says little (targets apply from 135m up).
+"memory" column). Restoration methods run on tiny data and a tiny held-out evaluation (``RESTORE_DATA``),
+RESTA with an existing unaligned model. Memory comes from ``bench/peak.py``: "over base" is (peak RSS
+- the RSS of a process that only imports the engine) / weight bytes; "one batch" the largest rise of
+RSS within one model forward call (one batch's activations); "net" the same as "over base" with the
+peak taken outside forward calls, the quantity issue 13's targets bound ("activations of one batch
+reported apart"); with CUDA, ``torch.cuda.max_memory_allocated`` / weight bytes. Targets are judged
+from 128 MiB of weights up (at the tiny size the interpreter dominates); a missed target fails the run.
 
     python bench/scale.py --size tiny                  # a minute or two on one core
     python bench/scale.py --size 1b --threads 2        # CPU, the issue's closing check
@@ -18,7 +22,7 @@ the tiny size the interpreter dominates and the ratio says little (targets apply
 
 ``--only correlate,interpolate`` runs a subset (``curvature`` is the analysis, ``"restore curvature"``
 the method); ``--keep DIR`` keeps the model, data and cache.
-Exit status 1 when any command fails.
+Exit status 1 when any command fails or misses its target.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ SIZES = {
 # the issue's targets, peak / weight bytes with one batch's activations apart
 TARGETS = {"landscape": 1.5, "basin": 1.5, "curvature": 1.5, "restore direction": 2.5, "restore resta": 2.0}
 TARGETS["restore safelora"] = 2.0
+TARGETS_FROM = 128 * 2**20  # weight bytes from which the targets are judged (below, the interpreter dominates)
 TINY = {
     "correlate": "--n 4 --null-seeds 1 --null-examples 3".split(),
     # a fixed radius: the fit walks out until the loss rises, far (and slowly) on an untrained model
@@ -66,15 +71,21 @@ TINY = {
         "--direction-memory regenerate"
     ).split(),
 }
-LBFGS = ["iterations=1", "pairs=2", "pair_batch=2", "batch_size=2"]
+LBFGS = ["iterations=1", "pairs=2", "pair_batch=2", "batch_size=2", "step_grid=1.0"]
 METHODS = {
     "curvature": LBFGS,
     "gradient-ascent": LBFGS,
     "direction": ["rounds=2", "warmup_rounds=1", "batch_size=4"],
     "interpolate": [],
-    "resta": ["scale=1"],
+    # RESTA's own setting, an existing harmfully fine-tuned model (here the second random model): no SFT
+    "resta": ["scale=1", "unaligned={unaligned}"],
     "safelora": ["unaligned={unaligned}"],
 }
+# every method's data and held-out evaluation, tiny: short own answers, few forget prompts, a small
+# monitor and fuse, 8 examples per held-out set and 2 capability items per task
+RESTORE_DATA = (
+    "--harmful-tokens 8 --response-tokens 4 --forget 8 --monitor 4 --fuse 4 --eval-examples 8 --capability-items 2"
+).split()
 SET_FILES = {"correlate": ("harmful", "task", "general"), "landscape": ("harmful", "benign")}
 WORDS = "the a model date answer safe task general prompt response token example layer weight".split()
 
@@ -139,37 +150,27 @@ def random_sets(root: Path, seed: int = 0) -> dict[str, Path]:
     return out
 
 
-WRAPPER = """
-import atexit, os, runpy, sys
-def _peak():
-    import torch
-    if torch.cuda.is_available():
-        open(os.environ["SCALE_PEAK_FILE"], "w").write(str(torch.cuda.max_memory_allocated()))
-    open(os.environ["SCALE_RSS_FILE"], "w").write(open("/proc/self/status").read())
-atexit.register(_peak)
-sys.argv = ["core", *sys.argv[1:]]
-runpy.run_module("core", run_name="__main__", alter_sys=True)
-"""
-
-ENGINE_ONLY = (  # the engine imported, nothing run; its /proc status at exit as the wrapper writes it
-    "import os, core.service.commands; open(os.environ['SCALE_RSS_FILE'], 'w').write(open('/proc/self/status').read())"
+ENGINE_ONLY = (  # the engine imported, nothing run; its peak RSS as bench/peak.py reports one
+    "import json, os, core.service.commands; from bench.peak import _status_kib as kib; "
+    "json.dump({'peak': kib('VmHWM')}, open(os.environ['SCALE_MEMORY_FILE'], 'w'))"
 )
+PEAK = str(ROOT / "bench" / "peak.py")
 
 
 def run(argv: list[str], env: dict[str, str], work: Path, timeout: float) -> dict:
-    """``python -m core *argv`` in one process: wall time, its own peak RSS (``wait4``), CUDA peak,
-    exit status and the last stderr line when it failed."""
-    return run_python(["-c", WRAPPER, *argv], env, work, timeout)
+    """``python -m core *argv`` in one process (through ``bench/peak.py``): wall time, its own peak
+    RSS, one batch's activations and the peak outside forward calls, CUDA peak, exit status and the
+    last stderr line when it failed."""
+    return run_python([PEAK, *argv], env, work, timeout)
 
 
 def run_python(argv: list[str], env: dict[str, str], work: Path, timeout: float) -> dict:
     """``python *argv`` measured as ``run`` says. Peak RSS is the process's own ``VmHWM`` (sampled
     while it runs, and read at exit): ``wait4``'s ``ru_maxrss`` also counts the forked copy of this
     process before ``exec``, so it never reads below this process's own RSS (the fallback without /proc)."""
-    out, err, peak, status_file = work / "stdout", work / "stderr", work / "cuda_peak", work / "proc_status"
-    for f in (peak, status_file):
-        f.unlink(missing_ok=True)
-    env = {**env, "SCALE_PEAK_FILE": str(peak), "SCALE_RSS_FILE": str(status_file)}
+    out, err, memory_file = work / "stdout", work / "stderr", work / "memory.json"
+    memory_file.unlink(missing_ok=True)
+    env = {**env, "SCALE_MEMORY_FILE": str(memory_file), "PYTHONPATH": str(ROOT)}
     start, hwm = time.perf_counter(), 0
     with open(out, "w") as o, open(err, "w") as e:
         proc = subprocess.Popen([sys.executable, *argv], stdout=o, stderr=e, cwd=ROOT, env=env)
@@ -188,11 +189,15 @@ def run_python(argv: list[str], env: dict[str, str], work: Path, timeout: float)
     lines = [ln for ln in err.read_text().splitlines() if ln.strip()]
     answer = out.read_text().strip().splitlines()
     ok = proc.returncode == 0 and bool(answer) and answer[-1].startswith("{")
+    memory = json.loads(memory_file.read_text()) if memory_file.exists() else {}
+    rss = max(hwm, memory.get("peak", 0)) or usage.ru_maxrss * 1024
     return {
         "path": _memory_path(answer[-1]) if ok else "",
         "wall_s": time.perf_counter() - start,
-        "rss": max(hwm, _hwm(status_file)) or usage.ru_maxrss * 1024,
-        "cuda": int(peak.read_text()) if peak.exists() else None,
+        "rss": rss,
+        "activations": memory.get("activations", 0),
+        "outside": memory.get("outside", rss),
+        "cuda": memory.get("cuda"),
         "rc": proc.returncode,
         "ok": ok,
         "why": "" if ok else (lines[-1] if lines else f"exit {proc.returncode}")[:160],
@@ -224,7 +229,7 @@ def commands(paths: dict[str, Path], sets: dict[str, Path], only: set[str]) -> l
         out.append((name, [name, *pair, *tiny, *files]))
     for name, params in METHODS.items():
         flags = [a for p in params for a in ("--param", p.format(unaligned=paths["unaligned"]))]
-        out.append((f"restore {name}", ["restore", "--method", name, *pair, *flags, "--harmful-tokens", "8"]))
+        out.append((f"restore {name}", ["restore", "--method", name, *pair, *flags, *RESTORE_DATA]))
     return [(n, a) for n, a in out if not only or n in only or _method_named(n, only)]
 
 
@@ -282,13 +287,16 @@ def main() -> int:
             print(f"running {name} ...", file=sys.stderr, flush=True)
             r = run([*argv, *common], env, root, args.timeout)
             r.update(command=name, over_base=(r["rss"] - base_rss) / weights, target=TARGETS.get(name))
+            r.update(net=(r["outside"] - base_rss) / weights, activations_ratio=r["activations"] / weights)
+            judged = r["target"] is not None and r["ok"] and weights >= TARGETS_FROM
+            r["met"] = r["net"] <= r["target"] if judged else None
             if r["cuda"] is not None:
                 r["cuda_ratio"] = r["cuda"] / weights
             rows.append(r)
         print_table(rows, weights, base_rss)
         if args.json:
             print(json.dumps({"weights_bytes": weights, "engine_rss": base_rss, "rows": rows}))
-        return 0 if all(r["ok"] for r in rows) else 1
+        return 0 if all(r["ok"] and r["met"] is not False for r in rows) else 1
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -296,16 +304,21 @@ def main() -> int:
 
 def print_table(rows: list[dict], weights: int, base_rss: int) -> None:
     cuda = any(r["cuda"] is not None for r in rows)
-    head = f"{'command':<26} {'wall s':>8} {'peak RSS MiB':>13} {'RSS/weights':>12} {'over base':>10}"
-    head += f" {'CUDA/weights':>13}" if cuda else ""
     print(f"weights {weights / 2**20:.1f} MiB; engine import alone {base_rss / 2**20:.0f} MiB RSS")
-    print(head + f" {'target':>7} {'memory':>10}  result")
+    print("over base: (peak RSS - engine) / weights; one batch: the largest RSS rise within one forward call;")
+    print("net: (peak RSS outside forward calls - engine) / weights, the quantity the target bounds")
+    if weights < TARGETS_FROM:
+        print(f"targets not judged below {TARGETS_FROM // 2**20} MiB of weights (the interpreter dominates)")
+    head = f"{'command':<26} {'wall s':>8} {'peak RSS MiB':>13} {'over base':>10} {'one batch MiB':>14} {'net':>6}"
+    print(head + (f" {'CUDA/weights':>13}" if cuda else "") + f" {'target':>7} {'memory':>10}  result")
     for r in rows:
-        line = f"{r['command']:<26} {r['wall_s']:>8.1f} {r['rss'] / 2**20:>13.0f} {r['rss'] / weights:>12.1f}"
-        line += f" {r['over_base']:>10.2f}"
+        line = f"{r['command']:<26} {r['wall_s']:>8.1f} {r['rss'] / 2**20:>13.0f} {r['over_base']:>10.2f}"
+        line += f" {r['activations'] / 2**20:>14.0f} {r['net']:>6.2f}"
         line += f" {r.get('cuda_ratio', float('nan')):>13.2f}" if cuda else ""
         target = f"{r['target']:.1f}" if r["target"] else "-"
-        print(line + f" {target:>7} {r['path'] or '-':>10}  " + ("pass" if r["ok"] else f"FAIL ({r['why']})"))
+        verdict = {None: "", True: ", target met", False: ", target MISSED"}[r["met"]]
+        result = f"pass{verdict}" if r["ok"] else f"FAIL ({r['why']})"
+        print(line + f" {target:>7} {r['path'] or '-':>10}  " + result)
 
 
 if __name__ == "__main__":
