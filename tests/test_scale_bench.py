@@ -19,7 +19,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "scale.py"
 sys.path.insert(0, str(BENCH.parent.parent))
 
 from bench import scale  # noqa: E402
-from bench.peak import PeakTracker  # noqa: E402
+from bench.peak import ForwardCalls, PeakTracker, RssMeter  # noqa: E402
 
 MIB = 2**20
 
@@ -59,20 +59,71 @@ class _Allocates(torch.nn.Module):
 def test_peak_tracker_separates_one_forward_from_memory_held_outside():
     """200 MiB allocated inside a forward count as one batch's activations, not toward the peak
     outside forward calls; 100 MiB held outside count there."""
-    tracker = PeakTracker()
-    if not tracker.resettable:
+    tracker = PeakTracker(RssMeter())
+    if not tracker.meter.resettable:
         pytest.skip("/proc/self/clear_refs is not writable here")
-    pre = torch.nn.modules.module.register_module_forward_pre_hook(tracker.before_forward)
-    post = torch.nn.modules.module.register_module_forward_hook(tracker.after_forward, always_call=True)
+    calls = ForwardCalls([tracker])
     try:
         start = tracker.report()["outside"]
         held = torch.ones(100 * MIB // 4)
         _Allocates(200)(torch.zeros(1))
         report = tracker.report()
     finally:
-        pre.remove()
-        post.remove()
+        calls.remove()
     assert 180 * MIB < report["activations"] < 260 * MIB, report
     assert 90 * MIB < report["outside"] - start < 160 * MIB, report
     assert report["peak"] >= report["outside"] + 150 * MIB, report
     del held
+
+
+class _Planted:
+    """A meter whose memory the test sets: the CUDA meter's contract without a GPU."""
+
+    resettable = True
+
+    def __init__(self):
+        self.now = self.top = 0
+
+    def current(self):
+        return self.now
+
+    def peak(self):
+        return self.top
+
+    def reset(self):
+        self.top = self.now
+        return True
+
+    def set(self, value):
+        self.now, self.top = value, max(self.top, value)
+
+
+def test_peak_tracker_on_planted_memory():
+    """Outside 10 -> 50 held; a forward rises 50 -> 80 and falls back; a second, nested call rises
+    40 -> 60; then 70 outside: activations 30 (the larger rise), outside 70, peak 80."""
+    meter = _Planted()
+    tracker = PeakTracker(meter)
+    calls = ForwardCalls([tracker])
+    try:
+
+        class Step(torch.nn.Module):
+            def __init__(self, low, high, inner=None):
+                super().__init__()
+                self.low, self.high, self.inner = low, high, inner
+
+            def forward(self, x):
+                meter.set(self.high)
+                if self.inner is not None:
+                    self.inner(x)
+                meter.set(self.low)
+                return x
+
+        meter.set(10)
+        meter.set(50)
+        Step(50, 80)(torch.zeros(1))
+        meter.set(40)
+        Step(40, 60, inner=Step(60, 60))(torch.zeros(1))  # the inner call is not a forward of its own
+        meter.set(70)
+    finally:
+        calls.remove()
+    assert tracker.report() == {"peak": 80, "outside": 70, "activations": 30}
