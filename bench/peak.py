@@ -4,7 +4,8 @@ process's RSS and, with CUDA, the memory torch allocates on the GPU:
 * ``peak``: the peak;
 * ``activations``: one batch's activations, the largest rise within a single forward call of a
   model (from the call's start to its peak: hidden states, attention, logits, whatever the call
-  allocates and autograd keeps);
+  allocates and autograd keeps), less the file-backed pages the call faulted in for good (weights
+  mmapped from safetensors, read for the first time);
 * ``outside``: the peak outside every model forward call (weights, copies, optimizer state,
   gradients, and the activations a backward pass still holds), the quantity issue 13's targets
   bound "with activations of one batch reported apart".
@@ -43,6 +44,11 @@ class RssMeter:
     def current(self) -> int:
         return _status_kib("VmRSS")
 
+    def mapped(self) -> int:
+        """File-backed resident pages: weights mmapped from safetensors are paged in by the first
+        forward that reads them and stay; they are the model's, not the batch's."""
+        return _status_kib("RssFile")
+
     def peak(self) -> int:
         return _status_kib("VmHWM")
 
@@ -63,6 +69,9 @@ class CudaMeter:
     def current(self) -> int:
         return torch.cuda.memory_allocated()
 
+    def mapped(self) -> int:
+        return 0
+
     def peak(self) -> int:
         return torch.cuda.max_memory_allocated()
 
@@ -76,7 +85,7 @@ class PeakTracker:
 
     def __init__(self, meter) -> None:
         self.meter = meter
-        self.start = self.activations = self.highest = self.outside = 0
+        self.start = self.mapped = self.activations = self.highest = self.outside = 0
 
     def _since_reset(self) -> int:
         """The peak since the last reset, folded into the overall peak."""
@@ -87,13 +96,14 @@ class PeakTracker:
     def enter(self) -> None:
         if self.meter.resettable:
             self.outside = max(self.outside, self._since_reset())
-            self.start = self.meter.current()
+            self.start, self.mapped = self.meter.current(), self.meter.mapped()
             self.outside = max(self.outside, self.start)
             self.meter.reset()
 
     def leave(self) -> None:
         if self.meter.resettable:
-            self.activations = max(self.activations, self._since_reset() - self.start)
+            paged_in = max(0, self.meter.mapped() - self.mapped)
+            self.activations = max(self.activations, self._since_reset() - self.start - paged_in)
             self.meter.reset()
 
     def report(self) -> dict:

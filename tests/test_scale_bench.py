@@ -82,10 +82,13 @@ class _Planted:
     resettable = True
 
     def __init__(self):
-        self.now = self.top = 0
+        self.now = self.top = self.file = 0
 
     def current(self):
         return self.now
+
+    def mapped(self):
+        return self.file
 
     def peak(self):
         return self.top
@@ -127,3 +130,25 @@ def test_peak_tracker_on_planted_memory():
     finally:
         calls.remove()
     assert tracker.report() == {"peak": 80, "outside": 70, "activations": 30}
+
+
+def test_weights_paged_in_by_a_forward_are_not_its_activations():
+    """A first forward that faults in 100 of mmapped weights (which stay) and allocates 30 of
+    activations (which go): activations 30, and the weights count outside afterwards."""
+    meter = _Planted()
+    tracker = PeakTracker(meter)
+
+    class FirstRead(torch.nn.Module):
+        def forward(self, x):
+            meter.file += 100
+            meter.set(meter.now + 100 + 30)
+            meter.set(meter.now - 30)
+            return x
+
+    calls = ForwardCalls([tracker])
+    try:
+        meter.set(10)
+        FirstRead()(torch.zeros(1))
+    finally:
+        calls.remove()
+    assert tracker.report() == {"peak": 140, "outside": 110, "activations": 30}
