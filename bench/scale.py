@@ -57,6 +57,8 @@ SIZES = {
 # the targets, peak / weight bytes with one batch's activations apart
 TARGETS = {"landscape": 1.5, "basin": 1.5, "curvature": 1.5, "restore direction": 2.5, "restore resta": 2.0}
 TARGETS["restore safelora"] = 2.0
+# "curvature over LoRA": the analysis and the restoration loop over LoRA (its first-order baseline too)
+TARGETS["restore curvature"] = TARGETS["restore gradient-ascent"] = 1.5
 TARGETS_FROM = 128 * 2**20  # weight bytes from which the targets are judged (below, the interpreter dominates)
 TINY = {
     "correlate": "--n 4 --null-seeds 1 --null-examples 3".split(),
