@@ -22,7 +22,7 @@ tiny size the interpreter dominates); a missed target fails the run.
     python bench/scale.py --device cuda --size 8b      # the check for a machine with a GPU
 
 ``--only correlate,interpolate`` runs a subset (``curvature`` is the analysis, ``"restore curvature"``
-the method); ``--keep DIR`` keeps the model, data and cache.
+the method); ``--keep DIR`` keeps the model, data and cache (a rerun in it starts from an empty cache).
 Exit status 1 when any command fails or misses its target.
 """
 
@@ -265,6 +265,7 @@ def main() -> int:
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="scale-"))
     root.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(root / "cache", ignore_errors=True)  # a kept folder's cache would answer the commands
     try:
         t0 = time.perf_counter()
         paths = build(root, size, dtype, args.device, args.tokenizer)
