@@ -27,6 +27,7 @@ from core.base.errors import InputError
 from core.base.paths import cache_dir
 from core.base.progress import Progress
 from core.restoration.context import RestoreContext
+from core.restoration.distances import squared_distance
 from core.world.data import Example
 from core.world.data import fingerprint as data_fingerprint
 from core.world.models import ALL_LINEAR, ModelSpec, fingerprint, load_model, load_tokenizer
@@ -100,7 +101,7 @@ def weights_on_disk(model) -> lean.DiskTensors:
 
 def distances_to(model, base: Mapping[str, torch.Tensor]) -> dict[str, float]:
     """Distances of an unchanged fine-tuned model: 0 to itself, ||theta_ft - theta_base|| to the base."""
-    sq = sum(float((p.detach().float() - base[n].detach().float()).pow(2).sum()) for n, p in model.named_parameters())
+    sq = sum(squared_distance(p.detach(), base[n].detach()) for n, p in model.named_parameters())
     return {"distance_to_finetuned": 0.0, "distance_to_base": math.sqrt(sq)}
 
 
@@ -113,8 +114,8 @@ def apply_update(model, base: Mapping[str, torch.Tensor], update) -> dict[str, f
     for name, p in model.named_parameters():
         old, b = p.detach().float(), base[name].detach().float()
         new = update(name, old, b).to(p.dtype)
-        to_ft += float((new.float() - old).pow(2).sum())
-        to_base += float((new.float() - b).pow(2).sum())
+        to_ft += squared_distance(new, old)
+        to_base += squared_distance(new, b)
         p.copy_(new)
     return {"distance_to_finetuned": math.sqrt(to_ft), "distance_to_base": math.sqrt(to_base)}
 

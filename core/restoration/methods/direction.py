@@ -59,6 +59,7 @@ from core.base import lean
 from core.base.errors import InputError
 from core.base.tensors import chunks, cosine
 from core.restoration.context import RestoreContext
+from core.restoration.distances import squared_distance
 from core.restoration.registry import RestoreOutput, register
 from core.world.data import Example
 from core.world.generation import chat_prompt, generate
@@ -421,8 +422,8 @@ class _Recovery:
         non-candidate weights equal the fine-tune's, contributing ``rest_sq`` to the base distance."""
         to_ft = to_base = 0.0
         for name, p in self.params.items():
-            to_ft += _squared_distance(p, self.ft_ref[name])
-            to_base += _squared_distance(p, self.base_ref[name])
+            to_ft += squared_distance(p, self.ft_ref[name])
+            to_base += squared_distance(p, self.base_ref[name])
         return {"distance_to_finetuned": math.sqrt(to_ft), "distance_to_base": math.sqrt(to_base + self.rest_sq)}
 
     def record(self, phase: str) -> dict:
@@ -514,12 +515,7 @@ def _load_references(ctx: RestoreContext, config: DirectionConfig) -> tuple[int,
 
 def _untouched_distance_sq(model, eligible: Mapping, base_ref: Mapping) -> float:
     """Squared distance to the base of the weights Algorithm 1 never changes (streamed)."""
-    return sum(_squared_distance(p, base_ref[n]) for n, p in model.named_parameters() if n not in eligible)
-
-
-def _squared_distance(w: torch.Tensor, reference: torch.Tensor) -> float:
-    """||w - reference||^2 in fp32, one tensor at a time."""
-    return float((w.float() - reference.float()).pow(2).sum())
+    return sum(squared_distance(p, base_ref[n]) for n, p in model.named_parameters() if n not in eligible)
 
 
 @register(
