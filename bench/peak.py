@@ -29,10 +29,14 @@ import sys
 import torch
 
 
-def _status_kib(key: str) -> int:
-    """One ``/proc/self/status`` field (``VmRSS``, ``VmHWM``) in bytes."""
-    with open("/proc/self/status") as f:
-        return next((int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":")), 0)
+def status_bytes(key: str, status: str = "/proc/self/status") -> int:
+    """One field of a /proc status file (``VmRSS``, ``VmHWM``, ``RssFile``) in bytes; 0 if the file
+    cannot be read (a process that has just exited)."""
+    try:
+        with open(status) as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":")), 0)
+    except OSError:
+        return 0
 
 
 class RssMeter:
@@ -42,15 +46,15 @@ class RssMeter:
         self.resettable = self.reset()
 
     def current(self) -> int:
-        return _status_kib("VmRSS")
+        return status_bytes("VmRSS")
 
     def mapped(self) -> int:
         """File-backed resident pages: weights mmapped from safetensors are paged in by the first
         forward that reads them and stay; they are the model's, not the batch's."""
-        return _status_kib("RssFile")
+        return status_bytes("RssFile")
 
     def peak(self) -> int:
-        return _status_kib("VmHWM")
+        return status_bytes("VmHWM")
 
     def reset(self) -> bool:
         try:

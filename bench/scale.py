@@ -44,6 +44,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.peak import status_bytes  # noqa: E402
 from core.world.models import ModelSpec, load_tokenizer  # noqa: E402
 from core.world.placement import weight_bytes  # noqa: E402
 
@@ -154,8 +155,8 @@ def random_sets(root: Path, seed: int = 0) -> dict[str, Path]:
 
 
 ENGINE_ONLY = (  # the engine imported, nothing run; its peak RSS as bench/peak.py reports one
-    "import json, os, core.service.commands; from bench.peak import _status_kib as kib; "
-    "json.dump({'peak': kib('VmHWM')}, open(os.environ['SCALE_MEMORY_FILE'], 'w'))"
+    "import json, os, core.service.commands; from bench.peak import status_bytes; "
+    "json.dump({'peak': status_bytes('VmHWM')}, open(os.environ['SCALE_MEMORY_FILE'], 'w'))"
 )
 PEAK = str(ROOT / "bench" / "peak.py")
 
@@ -179,7 +180,7 @@ def run_python(argv: list[str], env: dict[str, str], work: Path, timeout: float)
         proc = subprocess.Popen([sys.executable, *argv], stdout=o, stderr=e, cwd=ROOT, env=env)
         deadline = start + timeout
         while True:
-            hwm = max(hwm, _hwm(Path(f"/proc/{proc.pid}/status")))
+            hwm = max(hwm, status_bytes("VmHWM", f"/proc/{proc.pid}/status"))
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
@@ -205,15 +206,6 @@ def run_python(argv: list[str], env: dict[str, str], work: Path, timeout: float)
         "ok": ok,
         "why": "" if ok else (lines[-1] if lines else f"exit {proc.returncode}")[:160],
     }
-
-
-def _hwm(status: Path) -> int:
-    """``VmHWM`` in bytes from a /proc status text, 0 if unreadable."""
-    try:
-        text = status.read_text()
-    except OSError:
-        return 0
-    return next((int(ln.split()[1]) * 1024 for ln in text.splitlines() if ln.startswith("VmHWM:")), 0)
 
 
 def _memory_path(line: str) -> str:
